@@ -1,0 +1,221 @@
+"""The `uda` command: train, evaluate, and prepare data."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from PIL import Image
+from rich.console import Console
+
+from uda_cli import __version__
+from uda_cli.data import app as data_app
+from uda_cli.errors import friendly_errors
+from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
+from uda_data.classes import colorize
+from uda_methods import presets, registry
+from uda_methods.run import (
+    check_names,
+    checkpoint_to_resume,
+    config_of_checkpoint,
+    evaluate,
+    load_trained_model,
+    open_data,
+    resolve_config,
+    run_dir_for,
+    train,
+)
+
+app = typer.Typer(
+    name="uda",
+    help="Unsupervised domain adaptation for semantic segmentation: train, evaluate, prepare data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+console = Console(highlight=False, soft_wrap=True)
+
+
+class Precision(str, Enum):
+    no = "no"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class EvalMode(str, Enum):
+    whole = "whole"
+    slide = "slide"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"uda {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """uda: train on labelled synthetic images, adapt to unlabelled real ones."""
+
+
+def _flags(**values: Any) -> dict[str, Any]:
+    """CLI flags as a nested config dict; flags left unset are left out."""
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        if value is None or value == []:
+            continue
+        section, key = dotted.split("__")
+        out.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    preset: Annotated[
+        str, typer.Option(help=f"Starting config: {', '.join(sorted(presets.PRESETS))}.")
+    ] = presets.DEFAULT_PRESET,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML, TOML or JSON file merged over the preset.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help=f"UDA method: {', '.join(sorted(registry.METHODS))}.")
+    ] = None,
+    plugin: Annotated[
+        list[str] | None, typer.Option(help="Plugin by name; repeat for several.")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option("--iters", help="Training iterations.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    precision: Annotated[Precision | None, typer.Option(help="Mixed precision.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Folder of run folders.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any field: --set optim.lr=1e-4 (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Checkpoint to continue from, or 'latest' in the work dir.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Validate config, data, names and checkpoint; print the config."
+        ),
+    ] = False,
+) -> None:
+    """Train a model; evaluates on target val and keeps the best checkpoint."""
+    flags = _flags(
+        method__name=method,
+        runtime__iterations=iterations,
+        runtime__seed=seed,
+        runtime__precision=precision,
+        runtime__work_dir=str(work_dir) if work_dir else None,
+        runtime__name=name,
+    )
+    if plugin:
+        flags["plugins"] = plugin
+    overrides = list(set_ or [])
+    cfg = resolve_config(preset, config, flags, overrides)
+    checkpoint = None
+    if resume is not None:
+        checkpoint = checkpoint_to_resume(resume, cfg.runtime.work_dir)
+        cfg = config_of_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
+    check_names(cfg)
+    if dry_run:
+        _dry_run(cfg, checkpoint)
+        return
+    train(cfg, checkpoint, console)
+
+
+def _dry_run(cfg, checkpoint: Path | None) -> None:
+    if not cfg.data.uses_synthetic() or _synthetic_ready(cfg):
+        run_data = open_data(cfg)
+        found = f"{len(run_data.source)} source, {len(run_data.target or [])} target"
+        console.print(f"data: {found}, {len(run_data.evaluator.dataset)} val images")
+    else:
+        console.print(f"data: the embedded domains will be generated in {cfg.data.cache_dir}")
+    if checkpoint is not None:
+        console.print(f"resume: {checkpoint}")
+    console.print(
+        f"run folder: {run_dir_for(cfg) if checkpoint is None else checkpoint.parent.parent}"
+    )
+    console.print_json(json.dumps(cfg.model_dump(mode="json")))
+    console.print("dry run: the configuration is valid; nothing was trained")
+
+
+def _synthetic_ready(cfg) -> bool:
+    return (cfg.data.synthetic_root() / "synth.json").is_file()
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `uda train`.")],
+    val_root: Annotated[
+        Path | None,
+        typer.Option(help="Labelled val data in the Cityscapes layout (default: the run's)."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split folder under the val root.")] = None,
+    mode: Annotated[
+        EvalMode | None, typer.Option(help="Whole-image or sliding-window inference.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field of the saved config.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="JSON file for the results (default: next to it).")
+    ] = None,
+    save_predictions: Annotated[
+        Path | None, typer.Option(help="Folder for colourised prediction PNGs.")
+    ] = None,
+) -> None:
+    """Evaluate a checkpoint: per-class IoU, mIoU and the Synthia 16/13-class means."""
+    overrides = list(set_ or [])
+    if val_root is not None:
+        overrides += [f"data.val.root={val_root}", "data.val.layout=cityscapes"]
+    if split is not None:
+        overrides.append(f"data.val.split={split}")
+    if mode is not None:
+        overrides.append(f"eval.mode={mode.value}")
+    model, cfg, state = load_trained_model(checkpoint, overrides)
+    saver = _prediction_saver(save_predictions) if save_predictions else None
+    report = evaluate(model, cfg, on_batch=saver)
+    console.print(report.table(f"{checkpoint} (iteration {state.get('iteration', '?')})"))
+    console.print(f"mIoU {100 * report.miou:.2f}")
+    result = {
+        "checkpoint": str(checkpoint),
+        "iteration": state.get("iteration"),
+        **report.as_dict(),
+    }
+    output = output or checkpoint.with_suffix(".eval.json")
+    text = json.dumps(result, indent=2).encode()
+    atomic_write_bytes(output, lambda f: f.write(text))
+    console.print(f"results written to {output}")
+
+
+def _prediction_saver(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(batch, pred) -> None:
+        for name, p in zip(batch["name"], pred.cpu().numpy().astype(np.uint8), strict=True):
+            path = folder / f"{Path(name).stem}_pred.png"
+            picture = Image.fromarray(colorize(p))
+            atomic_write_bytes(path, lambda f, picture=picture: picture.save(f, format="PNG"))
+
+    return save
+
+
+if __name__ == "__main__":
+    app()

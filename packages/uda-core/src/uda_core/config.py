@@ -1,0 +1,183 @@
+"""Typed run configuration: the generic sections, and loading from files and overrides.
+
+Every section is a pydantic model that rejects unknown keys, so a typo fails at load time
+with the field's dotted path. Sections that know about data or models live in the packages
+that own those concepts and are composed into a run config there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from uda_core.errors import UdaError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimConfig(Section):
+    """AdamW with a learning-rate multiplier for the decoder."""
+
+    lr: float = Field(6e-5, gt=0, le=1, description="Base learning rate (encoder).")
+    decoder_lr_mult: float = Field(
+        10.0, gt=0, description="Learning-rate multiplier of the decoder."
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    no_decay_norm_and_pos: bool = Field(
+        True, description="No weight decay on norm layers, biases and position embeddings."
+    )
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+
+
+class ScheduleConfig(Section):
+    """Linear warm-up, then polynomial decay to zero at the last iteration."""
+
+    warmup_iters: int = Field(1500, ge=0, description="Iterations of linear warm-up.")
+    warmup_ratio: float = Field(
+        1e-6, gt=0, le=1, description="Learning-rate factor at iteration 0."
+    )
+    power: float = Field(1.0, gt=0, description="Power of the polynomial decay.")
+    min_lr_ratio: float = Field(0.0, ge=0, lt=1, description="Factor the decay ends at.")
+
+
+class RuntimeConfig(Section):
+    """How long to train, how often to evaluate and save, where, and in which precision."""
+
+    iterations: int = Field(40000, ge=1, description="Training iterations.")
+    eval_interval: int = Field(4000, ge=1, description="Evaluate on target val every N iterations.")
+    checkpoint_interval: int = Field(
+        4000, ge=1, description="Save a checkpoint every N iterations."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Periodic checkpoints kept (best and last kept too)."
+    )
+    log_interval: int = Field(50, ge=1, description="Log losses every N iterations.")
+    seed: int = Field(0, ge=0, description="Seed of every random draw (data, init, augmentation).")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision.")
+    work_dir: Path = Field(Path("work_dirs"), description="Folder that holds run folders.")
+    name: str | None = Field(
+        None, min_length=1, description="Run folder name; default: <time>_<method>."
+    )
+    deterministic: bool = Field(False, description="Use deterministic algorithms (slower on GPU).")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file into a dict."""
+    if not path.is_file():
+        raise UdaError(f"config file {path} does not exist; check the path given to --config")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UdaError(
+                f"config file {path}: unknown format {suffix!r}; use .yaml, .toml or .json"
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UdaError(f"config file {path} cannot be parsed: {first}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UdaError(
+            f"config file {path} must hold a mapping of sections, not {type(data).__name__}"
+        )
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key.sub=value`` overrides; values are parsed as YAML scalars or lists."""
+    out = json.loads(json.dumps(data, default=str))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UdaError(
+                f"--set {item!r}: expected KEY=VALUE, e.g. --set runtime.iterations=2000"
+            )
+        value = _parse_scalar(raw)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UdaError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    """A YAML value, with numbers like ``1e-4`` (a string in YAML 1.1) read as floats."""
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``update`` wins; sections merge key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate(model: type[ModelT], data: dict[str, Any], *, source: str = "config") -> ModelT:
+    """Build a config model, turning pydantic's report into one line per bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "<root>"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{where}: unknown key")
+            else:
+                problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        raise UdaError(f"{source}: " + "; ".join(problems)) from None
+
+
+class EvalConfig(Section):
+    """How target val is evaluated."""
+
+    mode: Literal["whole", "slide"] = Field(
+        "whole", description="Whole-image or sliding-window inference."
+    )
+    crop_size: tuple[int, int] = Field((512, 512), description="Sliding window (width, height).")
+    stride: tuple[int, int] = Field(
+        (341, 341), description="Sliding-window stride (width, height)."
+    )
+    batch_size: int = Field(1, ge=1, description="Images per evaluation batch.")

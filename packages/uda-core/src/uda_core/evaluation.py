@@ -1,0 +1,175 @@
+"""Segmentation evaluation: inference (whole or sliding window), confusion matrix, IoU report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from uda_core.config import EvalConfig
+from uda_core.model import logits_of
+
+
+@dataclass
+class IoUReport:
+    """Per-class IoU (NaN for a class absent from both labels and predictions) and means."""
+
+    class_names: tuple[str, ...]
+    iou: tuple[float, ...]
+    accuracy: float
+    subsets: dict[str, float]
+
+    @property
+    def miou(self) -> float:
+        return _nanmean(self.iou)
+
+    @classmethod
+    def from_confusion(
+        cls,
+        confusion: torch.Tensor,
+        class_names: Sequence[str],
+        subsets: dict[str, Sequence[int]] | None = None,
+    ) -> IoUReport:
+        conf = confusion.double().cpu()
+        tp = conf.diag()
+        union = conf.sum(0) + conf.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+        total = conf.sum()
+        accuracy = float(tp.sum() / total) if total > 0 else math.nan
+        values = tuple(float(v) for v in iou)
+        means = {name: _nanmean([values[i] for i in idx]) for name, idx in (subsets or {}).items()}
+        return cls(tuple(class_names), values, accuracy, means)
+
+    def as_dict(self) -> dict:
+        return {
+            "mIoU": self.miou,
+            **self.subsets,
+            "aAcc": self.accuracy,
+            "IoU": {n: v for n, v in zip(self.class_names, self.iou, strict=True)},
+        }
+
+    def table(self, title: str = "Per-class IoU (%)") -> Table:
+        table = Table(title=title)
+        table.add_column("class")
+        table.add_column("IoU", justify="right")
+        for name, value in zip(self.class_names, self.iou, strict=True):
+            table.add_row(name, "-" if math.isnan(value) else f"{100 * value:.2f}")
+        table.add_section()
+        table.add_row("mIoU", f"{100 * self.miou:.2f}", style="bold")
+        for name, value in self.subsets.items():
+            table.add_row(name, f"{100 * value:.2f}")
+        return table
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _windows(size: int, crop: int, stride: int) -> list[int]:
+    if size <= crop:
+        return [0]
+    starts = list(range(0, size - crop, stride))
+    return [*starts, size - crop]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, image: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
+    """Logits at the image's size, by whole-image or overlapping sliding-window inference."""
+    height, width = image.shape[-2:]
+    if cfg.mode == "whole":
+        logits = logits_of(model(image))
+        return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=False)
+    (cw, ch), (sw, sh) = cfg.crop_size, cfg.stride
+    total = None
+    count = image.new_zeros((1, 1, height, width))
+    for top in _windows(height, ch, sh):
+        for left in _windows(width, cw, sw):
+            crop = image[..., top : top + ch, left : left + cw]
+            logits = logits_of(model(crop))
+            logits = F.interpolate(
+                logits.float(), crop.shape[-2:], mode="bilinear", align_corners=False
+            )
+            if total is None:
+                total = image.new_zeros(
+                    (image.shape[0], logits.shape[1], height, width), dtype=torch.float32
+                )
+            total[..., top : top + ch, left : left + cw] += logits
+            count[..., top : top + ch, left : left + cw] += 1
+    return total / count
+
+
+@torch.no_grad()
+def confusion_matrix(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    num_classes: int,
+    cfg: EvalConfig,
+    device: torch.device,
+    ignore_index: int = 255,
+    on_batch=None,
+) -> torch.Tensor:
+    """Accumulate the confusion matrix of ``model`` over labelled batches.
+
+    Predictions are made on ``image`` and upsampled to the size of ``label`` (the original
+    annotation), as the benchmark protocol scores them. Under torch.distributed, the matrices
+    of all processes are summed.
+    """
+    metric = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index).to(device)
+    was_training = model.training
+    model.eval()
+    for batch in batches:
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True).long()
+        logits = predict_logits(model, image, cfg)
+        if logits.shape[-2:] != label.shape[-2:]:
+            logits = F.interpolate(logits, label.shape[-2:], mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)
+        metric.update(pred, label)
+        if on_batch is not None:
+            on_batch(batch, pred)
+    model.train(was_training)
+    return metric.compute()
+
+
+@dataclass
+class Evaluator:
+    """A labelled validation set and how to score it."""
+
+    dataset: torch.utils.data.Dataset
+    class_names: tuple[str, ...]
+    cfg: EvalConfig
+    subsets: dict[str, tuple[int, ...]] | None = None
+    workers: int = 0
+    ignore_index: int = 255
+
+    def loader(self, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+        """This process's share of the set: every sample exactly once across processes."""
+        shard = torch.utils.data.Subset(self.dataset, range(rank, len(self.dataset), world))
+        return torch.utils.data.DataLoader(
+            shard,
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            generator=torch.Generator(),
+        )
+
+    def run(
+        self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1, on_batch=None
+    ) -> IoUReport:
+        conf = confusion_matrix(
+            model,
+            self.loader(rank, world),
+            len(self.class_names),
+            self.cfg,
+            device,
+            self.ignore_index,
+            on_batch=on_batch,
+        )
+        return IoUReport.from_confusion(conf, self.class_names, self.subsets)

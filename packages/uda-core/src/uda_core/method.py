@@ -1,0 +1,67 @@
+"""The contract between the training engine and a UDA strategy (source-only, DAFormer, ...)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+
+@dataclass
+class UDABatch:
+    """One iteration's data: a labelled source batch and, for adaptation, a target batch.
+
+    Each side maps names to batched tensors: ``image`` (B x 3 x H x W, normalised) and dense
+    maps aligned with it (``label`` B x H x W with 255 = ignore, ``depth`` B x H x W, ...).
+    """
+
+    source: dict[str, torch.Tensor]
+    target: dict[str, torch.Tensor] | None = None
+
+    def to(self, device: torch.device) -> UDABatch:
+        def move(side):
+            return (
+                None
+                if side is None
+                else {k: v.to(device, non_blocking=True) for k, v in side.items()}
+            )
+
+        return UDABatch(move(self.source), move(self.target))
+
+
+class Method(ABC):
+    """A training strategy. The engine owns the optimiser; the method owns what one step does.
+
+    ``train_step`` runs the forward passes and calls ``accelerator.backward`` on each loss (it
+    may call it several times, gradients accumulate); the engine then clips, steps the
+    optimiser and the schedule, and calls ``after_optimizer_step`` (EMA updates go there).
+    """
+
+    name: ClassVar[str]
+    needs_target: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, accelerator: Accelerator) -> None:
+        self.model = model
+        self.accelerator = accelerator
+
+    @abstractmethod
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
+        """Forward and backward for one iteration; returns scalar logs by name."""
+
+    def after_optimizer_step(self, iteration: int) -> None:  # noqa: B027 (optional hook)
+        """Called after each optimiser step."""
+
+    def eval_model(self) -> nn.Module:
+        """The network that evaluation and the saved "model" weights use."""
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state to checkpoint (e.g. the EMA teacher)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+        """Restore what ``state_dict`` returned."""

@@ -1,0 +1,69 @@
+"""AdamW with parameter groups, and the warm-up + poly learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uda_core.config import OptimConfig, ScheduleConfig
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
+_POSITION_KEYS = ("pos_embed", "pos_block", "position")
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, _NORM_TYPES):
+            names.update(
+                f"{module_name}.{p}" if module_name else p
+                for p, _ in module.named_parameters(recurse=False)
+            )
+    names.update(n for n, _ in model.named_parameters() if any(k in n for k in _POSITION_KEYS))
+    return names
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Groups by (encoder or decoder) x (decay or not).
+
+    Parameters under ``model.encoder`` train at the base rate; every other parameter belongs to
+    a head and trains at ``lr * decoder_lr_mult``.
+    """
+    no_decay = _no_decay_names(model) if cfg.no_decay_norm_and_pos else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (name.startswith("encoder."), name in no_decay)
+        groups.setdefault(key, []).append(param)
+    out = []
+    for (is_encoder, skip_decay), params in sorted(groups.items()):
+        name = ("encoder" if is_encoder else "decoder") + ("_no_decay" if skip_decay else "")
+        out.append(
+            {
+                "params": params,
+                "lr": cfg.lr * (1.0 if is_encoder else cfg.decoder_lr_mult),
+                "weight_decay": 0.0 if skip_decay else cfg.weight_decay,
+                "name": name,
+            }
+        )
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_factor(iteration: int, total: int, cfg: ScheduleConfig) -> float:
+    """Learning-rate factor at ``iteration``: linear warm-up from ``warmup_ratio``, then poly."""
+    poly = (1.0 - iteration / total) ** cfg.power * (1.0 - cfg.min_lr_ratio) + cfg.min_lr_ratio
+    if iteration < cfg.warmup_iters:
+        k = (1.0 - iteration / cfg.warmup_iters) * (1.0 - cfg.warmup_ratio)
+        return (1.0 - k) * poly
+    return poly
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, cfg: ScheduleConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg))

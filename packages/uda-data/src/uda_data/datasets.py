@@ -1,0 +1,283 @@
+"""Datasets in the layouts of the real releases, and the views training and evaluation use.
+
+- GTA layout: ``images/NAME.png``, ``labels/NAME_labelTrainIds.png``, ``depth/NAME.png``.
+- Cityscapes layout: ``leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png``,
+  ``gtFine/SPLIT/CITY/NAME_gtFine_labelTrainIds.png``, ``depth/SPLIT/CITY/NAME_leftImg8bit.png``.
+
+Labels are trainId PNGs (run ``uda data convert`` on the original releases). Depth is read only
+when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uda_data.classes import IGNORE_INDEX, NUM_CLASSES
+from uda_data.depth import DepthEncoding, decode_depth_anything
+from uda_data.errors import DataError
+from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path
+    label: Path | None
+    depth: Path | None
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.array(img)
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); replace or remove the file"
+        ) from None
+
+
+def read_depth(path: Path, encoding: DepthEncoding) -> np.ndarray:
+    """A float32 depth map from a file in the given encoding."""
+    if encoding == "float_npy":
+        if not path.is_file():
+            raise DataError(f"{path}: depth file is missing")
+        depth = np.load(path).astype(np.float32)
+    else:
+        raw = _read_png(path)
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        if encoding == "depth_anything_png":
+            if raw.dtype != np.uint8:
+                raise DataError(
+                    f"{path}: expected an 8-bit depth PNG, got {raw.dtype}; set depth_encoding"
+                )
+            depth = decode_depth_anything(raw)
+        else:
+            depth = raw.astype(np.float32) / 1000.0
+    if not np.isfinite(depth).all():
+        raise DataError(f"{path}: depth holds NaN or infinite values; regenerate it")
+    return depth
+
+
+class SegmentationFolder(torch.utils.data.Dataset):
+    """Raw (image, label, depth) samples of one dataset split, validated as they load."""
+
+    def __init__(
+        self, name: str, items: list[Item], depth_encoding: DepthEncoding = "depth_anything_png"
+    ):
+        if not items:
+            raise DataError(f"{name}: no images found; check the dataset root")
+        self.name = name
+        self.items = items
+        self.depth_encoding = depth_encoding
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Sample:
+        item = self.items[index]
+        image = _read_png(item.image)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        image = image[..., :3]
+        dense = {}
+        if item.label is not None:
+            dense["label"] = self._label(item.label)
+        if item.depth is not None:
+            dense["depth"] = read_depth(item.depth, self.depth_encoding)
+        height, width = image.shape[:2]
+        for key, value in dense.items():
+            if value.shape != (height, width):
+                path = item.label if key == "label" else item.depth
+                raise DataError(
+                    f"{path}: {key} is {value.shape[1]}x{value.shape[0]} but its image"
+                    f" {item.image.name} is {width}x{height}; regenerate or resize the {key} map"
+                )
+        return Sample(image, dense, item.image.name)
+
+    @staticmethod
+    def _label(path: Path) -> np.ndarray:
+        label = _read_png(path)
+        if label.ndim == 3:
+            label = label[..., 0]
+        values = np.unique(label)
+        bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+        if len(bad):
+            raise DataError(
+                f"{path}: label values {bad[:5].tolist()} are not trainIds (0-{NUM_CLASSES - 1} or"
+                f" {IGNORE_INDEX}); convert the labels with `uda data convert`"
+            )
+        return label.astype(np.uint8)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{what}: folder {path} does not exist; check the dataset root")
+    return path
+
+
+def _pair(
+    images: list[Path], label_of, depth_of, name: str, with_labels: bool, with_depth: bool
+) -> list[Item]:
+    items = []
+    missing_labels, missing_depth = [], []
+    for image in images:
+        label = label_of(image) if with_labels else None
+        depth = depth_of(image) if with_depth else None
+        if label is not None and not label.is_file():
+            missing_labels.append(label)
+        if depth is not None and not depth.is_file():
+            missing_depth.append(depth)
+        items.append(Item(image, label, depth))
+    if missing_labels:
+        raise DataError(
+            f"{name}: {len(missing_labels)} images have no label,"
+            f" e.g. {missing_labels[0]} is missing;"
+            " convert the labels or remove those images"
+        )
+    if missing_depth:
+        raise DataError(
+            f"{name}: {len(missing_depth)} images have no depth map,"
+            f" e.g. {missing_depth[0]} is missing;"
+            " generate depth with `uda data depth` or disable what needs it"
+        )
+    return items
+
+
+def gta_folder(
+    root: Path,
+    *,
+    with_labels: bool = True,
+    with_depth: bool = False,
+    depth_encoding: DepthEncoding = "depth_anything_png",
+) -> SegmentationFolder:
+    """A dataset in the GTA5 layout."""
+    root = Path(root)
+    images = sorted(_require_dir(root / "images", "GTA layout").glob("*.png"))
+    if with_labels:
+        _require_dir(root / "labels", "GTA layout")
+    suffix = ".npy" if depth_encoding == "float_npy" else ".png"
+    items = _pair(
+        images,
+        lambda p: root / "labels" / f"{p.stem}_labelTrainIds.png",
+        lambda p: root / "depth" / f"{p.stem}{suffix}",
+        f"GTA layout at {root}",
+        with_labels,
+        with_depth,
+    )
+    return SegmentationFolder(f"GTA layout at {root}", items, depth_encoding)
+
+
+def cityscapes_folder(
+    root: Path,
+    split: str,
+    *,
+    with_labels: bool = True,
+    with_depth: bool = False,
+    depth_encoding: DepthEncoding = "depth_anything_png",
+) -> SegmentationFolder:
+    """A split of a dataset in the Cityscapes layout."""
+    root = Path(root)
+    image_root = _require_dir(root / "leftImg8bit" / split, "Cityscapes layout")
+    images = sorted(image_root.glob("*/*_leftImg8bit.png"))
+    if with_labels:
+        _require_dir(root / "gtFine" / split, "Cityscapes layout")
+    suffix = ".npy" if depth_encoding == "float_npy" else ".png"
+
+    def label_of(p: Path) -> Path:
+        base = p.name.removesuffix("_leftImg8bit.png")
+        return root / "gtFine" / split / p.parent.name / f"{base}_gtFine_labelTrainIds.png"
+
+    def depth_of(p: Path) -> Path:
+        return (
+            root
+            / "depth"
+            / split
+            / p.parent.name
+            / (p.name if suffix == ".png" else f"{p.stem}{suffix}")
+        )
+
+    name = f"Cityscapes layout at {root} ({split})"
+    return SegmentationFolder(
+        name, _pair(images, label_of, depth_of, name, with_labels, with_depth), depth_encoding
+    )
+
+
+@dataclass(frozen=True)
+class TrainPipeline:
+    """Resize, random crop, flip, pad, normalise: the training transforms of one domain."""
+
+    crop: Size
+    resize: Size | None = None
+    cat_max_ratio: float = 1.0
+    flip_prob: float = 0.5
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if self.resize is not None:
+            sample = resize(sample, self.resize)
+        sample = random_crop(sample, self.crop, rng, self.cat_max_ratio)
+        sample = random_flip(sample, rng, self.flip_prob)
+        return to_tensors(pad(sample, self.crop))
+
+
+class UDATrainSet(torch.utils.data.Dataset):
+    """Draw number n -> one source sample and (optionally) one target sample.
+
+    Each draw's randomness comes only from (seed, rank, n), so the stream of batches is the
+    same with any number of loader workers and restarts exactly where a run stopped.
+    """
+
+    def __init__(
+        self,
+        source: SegmentationFolder,
+        source_pipeline: TrainPipeline,
+        target: SegmentationFolder | None = None,
+        target_pipeline: TrainPipeline | None = None,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        self.source, self.source_pipeline = source, source_pipeline
+        self.target, self.target_pipeline = target, target_pipeline
+        self.seed, self.rank = seed, rank
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, n: int) -> dict[str, dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.rank, n])
+        out = {
+            "source": self.source_pipeline(
+                self.source.load(int(rng.integers(len(self.source)))), rng
+            )
+        }
+        if self.target is not None:
+            out["target"] = self.target_pipeline(
+                self.target.load(int(rng.integers(len(self.target)))), rng
+            )
+        return out
+
+
+class EvalSet(torch.utils.data.Dataset):
+    """Images resized for the network; labels at their original resolution, as scored."""
+
+    def __init__(self, folder: SegmentationFolder, resize_to: Size | None = None) -> None:
+        self.folder = folder
+        self.resize_to = resize_to
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        sample = self.folder.load(index)
+        label = sample.dense.pop("label")
+        if self.resize_to is not None:
+            sample = resize(sample, self.resize_to)
+        out = to_tensors(sample)
+        out["label"] = torch.from_numpy(label.astype(np.int64))
+        out["name"] = sample.name
+        return out

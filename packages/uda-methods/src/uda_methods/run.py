@@ -1,0 +1,175 @@
+"""From a run config to a trained, evaluated model: the wiring behind `uda train` and `uda eval`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from uda_core.checkpoint import find_latest, load_checkpoint
+from uda_core.config import apply_overrides, load_config_file, merge, validate
+from uda_core.engine import Trainer, TrainResult, load_model_weights
+from uda_core.errors import UdaError
+from uda_core.evaluation import Evaluator, IoUReport
+from uda_core.method import UDABatch
+from uda_data.classes import CLASSES, NUM_CLASSES, SYNTHIA_13, SYNTHIA_16
+from uda_data.config import DataConfig, open_folder, source_pipeline, target_pipeline, val_set
+from uda_data.datasets import SegmentationFolder, UDATrainSet
+from uda_data.errors import DataError
+from uda_methods.config import RunConfig
+from uda_methods.presets import preset
+from uda_methods.registry import build_model, check_plugins, method_class
+
+SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
+
+
+def resolve_config(
+    preset_name: str, config_file: Path | None, flags: dict[str, Any], overrides: list[str]
+) -> RunConfig:
+    """Preset, then the config file, then CLI flags, then ``--set`` overrides; validated."""
+    data = preset(preset_name).model_dump(mode="json")
+    if config_file is not None:
+        data = merge(data, load_config_file(config_file))
+    data = merge(data, flags)
+    return validate(RunConfig, apply_overrides(data, overrides))
+
+
+def check_names(cfg: RunConfig) -> None:
+    method_class(cfg.method.name)
+    check_plugins(cfg.plugins)
+    build_model(cfg.model, NUM_CLASSES)
+
+
+@dataclass
+class RunData:
+    source: SegmentationFolder
+    target: SegmentationFolder | None
+    evaluator: Evaluator
+
+
+def open_data(cfg: RunConfig, console: Console | None = None) -> RunData:
+    """Open (and, for the embedded domains, generate on first use) every dataset of the run."""
+    data = cfg.data
+
+    def progress(done: int, total: int) -> None:
+        if console is not None and (done == total or done % 100 == 0):
+            console.print(f"generating the embedded synthetic domains: {done}/{total}")
+
+    needs_target = method_class(cfg.method.name).needs_target
+    source = open_folder(
+        data, data.source, with_labels=True, with_depth=data.load_depth, progress=progress
+    )
+    target = None
+    if needs_target:
+        target = open_folder(data, data.target, with_labels=False, with_depth=data.load_depth)
+    return RunData(source, target, make_evaluator(cfg))
+
+
+def make_evaluator(cfg: RunConfig) -> Evaluator:
+    """Target val of the run, scored on the 19 classes and the Synthia subsets."""
+    return Evaluator(
+        val_set(cfg.data), CLASSES, cfg.eval, subsets=SUBSETS, workers=min(cfg.data.workers, 2)
+    )
+
+
+def train_batches(cfg: RunConfig, run_data: RunData):
+    """The engine's batch stream: one UDA batch per iteration from a start iteration."""
+    data: DataConfig = cfg.data
+
+    def batches(start: int, rank: int, world: int) -> Iterator[UDABatch]:
+        dataset = UDATrainSet(
+            run_data.source,
+            source_pipeline(data),
+            run_data.target,
+            target_pipeline(data),
+            seed=cfg.runtime.seed,
+            rank=rank,
+        )
+        draws = range(start * data.batch_size, cfg.runtime.iterations * data.batch_size)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=data.batch_size,
+            sampler=draws,
+            num_workers=data.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=data.workers > 0,
+            prefetch_factor=4 if data.workers > 0 else None,
+            generator=torch.Generator(),
+        )
+        for item in loader:
+            yield UDABatch(item["source"], item.get("target"))
+
+    return batches
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    name = cfg.runtime.name or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.method.name}"
+    return cfg.runtime.work_dir / name
+
+
+def checkpoint_to_resume(resume: str, work_dir: Path) -> Path:
+    return find_latest(work_dir) if resume == "latest" else Path(resume)
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None) -> Trainer:
+    check_names(cfg)
+    run_data = open_data(cfg, console)
+    method = method_class(cfg.method.name)
+    return Trainer(
+        run_dir=run_dir,
+        config=cfg.model_dump(mode="json"),
+        runtime=cfg.runtime,
+        optim=cfg.optim,
+        schedule=cfg.schedule,
+        build_model=lambda: build_model(cfg.model, NUM_CLASSES),
+        build_method=method,
+        train_batches=train_batches(cfg, run_data),
+        evaluator=run_data.evaluator,
+    )
+
+
+def config_of_checkpoint(state: dict[str, Any], path: Path, overrides: list[str]) -> RunConfig:
+    return validate(
+        RunConfig, apply_overrides(state["config"], overrides), source=f"config saved in {path}"
+    )
+
+
+def train(
+    cfg: RunConfig, resume: Path | None = None, console: Console | None = None
+) -> TrainResult:
+    state = None
+    run_dir = run_dir_for(cfg)
+    if resume is not None:
+        state = load_checkpoint(resume)
+        run_dir = resume.parent.parent
+    elif run_dir.exists() and any(run_dir.glob("checkpoints/*.pt")):
+        raise UdaError(
+            f"run folder {run_dir} already holds checkpoints; pass --resume latest or another name"
+        )
+    try:
+        return build_trainer(cfg, run_dir, console).fit(state)
+    except DataError as exc:
+        raise UdaError(str(exc)) from None
+
+
+def load_trained_model(path: Path, overrides: list[str]) -> tuple[torch.nn.Module, RunConfig, dict]:
+    state = load_checkpoint(path)
+    cfg = config_of_checkpoint(state, path, overrides)
+    model = build_model(cfg.model, NUM_CLASSES)
+    load_model_weights(model, state["model"], f"checkpoint {path}")
+    return model, cfg, state
+
+
+def evaluate(model: torch.nn.Module, cfg: RunConfig, on_batch=None) -> IoUReport:
+    """Score a model on the run's target val, as training does at its end."""
+    try:
+        evaluator = make_evaluator(cfg)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return evaluator.run(model.to(device), device, on_batch=on_batch)
+    except DataError as exc:
+        raise UdaError(str(exc)) from None

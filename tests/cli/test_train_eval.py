@@ -1,0 +1,142 @@
+"""End to end through the `uda` command: train, evaluate, validate, and fail clearly."""
+
+import json
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_overrides
+from uda_cli.main import app
+
+runner = CliRunner()
+
+
+def uda(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_root):
+    work = tmp_path_factory.mktemp("work")
+    result = uda("train", "--name", "tiny", *tiny_overrides(work))
+    assert result.exit_code == 0, result.output
+    return work / "tiny", result.output
+
+
+def test_version():
+    result = uda("--version")
+    assert result.exit_code == 0 and re.fullmatch(r"uda \d+\.\d+\.\d+\n", result.output)
+
+
+def test_train_writes_config_metrics_and_checkpoints(trained_run):
+    run_dir, output = trained_run
+    assert "target mIoU" in output and "road" in output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["runtime"]["iterations"] == 6 and config["method"]["name"] == "source-only"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["iteration"] for r in records if r.get("split") == "val"] == [3, 6]
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.pt", "iter_000003.pt", "iter_000006.pt"]
+
+
+def test_eval_prints_the_same_miou_as_training(trained_run, tmp_path):
+    run_dir, output = trained_run
+    trained = re.search(r"target mIoU (\d+\.\d+)", output).group(1)
+    preds = tmp_path / "preds"
+    result = uda(
+        "eval", str(run_dir / "checkpoints" / "iter_000006.pt"), "--save-predictions", str(preds)
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"\nmIoU (\d+\.\d+)", result.output).group(1) == trained
+    saved = json.loads((run_dir / "checkpoints" / "iter_000006.eval.json").read_text())
+    assert f"{100 * saved['mIoU']:.2f}" == trained and "mIoU16" in saved and "mIoU13" in saved
+    assert len(list(preds.glob("*_pred.png"))) == 6
+
+
+def test_slide_eval_runs(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "slide.json"
+    result = uda(
+        "eval",
+        str(run_dir / "checkpoints" / "best.pt"),
+        "--mode",
+        "slide",
+        "--set",
+        "eval.crop_size=[64,32]",
+        "--set",
+        "eval.stride=[32,16]",
+        "--output",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert 0 <= json.loads(out.read_text())["mIoU"] <= 1
+
+
+def test_dry_run_validates_and_trains_nothing(tmp_path, synthetic_root):
+    result = uda("train", "--dry-run", "--name", "dry", *tiny_overrides(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "16 source" in result.output and "nothing was trained" in result.output
+    assert not (tmp_path / "dry").exists()
+
+
+def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
+    run_dir, _ = trained_run
+    result = runner.invoke(app, ["train", "--name", "tiny", *tiny_overrides(run_dir.parent)])
+    assert result.exit_code == 2 and "already holds checkpoints" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], r"unknown method 'nope'; available: source-only"),
+        (["--plugin", "nope"], r"unknown plugin 'nope'; available:"),
+        (["--set", "optim.lr=-1"], r"optim\.lr: Input should be greater than 0"),
+        (["--set", "optim.lrr=1"], r"optim\.lrr: unknown key"),
+        (["--set", "model.encoder=not_a_net"], r"'not_a_net' is not a timm model"),
+        (["--preset", "nope"], r"unknown preset 'nope'"),
+        (["--config", "missing.yaml"], r"config file missing\.yaml does not exist"),
+        (["--resume", "missing.pt"], r"checkpoint missing\.pt does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["train", "--dry-run", *tiny_overrides(tmp_path), *args])
+    assert result.exit_code == 2
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_dataset_folder_is_one_line(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--dry-run",
+            *tiny_overrides(tmp_path),
+            "--set",
+            f"data.source.root={tmp_path / 'gta'}",
+        ],
+    )
+    assert result.exit_code == 2 and "does not exist; check the dataset root" in result.output
+
+
+def test_unreadable_checkpoint_and_foreign_model(tmp_path, trained_run):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    result = runner.invoke(app, ["eval", str(junk)])
+    assert result.exit_code == 2 and "cannot be read" in result.output
+    run_dir, _ = trained_run
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    state["config"]["model"]["encoder"] = "resnet18"
+    torch.save(state, tmp_path / "other.pt")
+    result = runner.invoke(app, ["eval", str(tmp_path / "other.pt")])
+    assert result.exit_code == 2 and "was saved from another model" in result.output
+
+
+def test_fp16_on_cpu_is_refused(tmp_path, synthetic_root):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    result = runner.invoke(app, ["train", "--precision", "fp16", *tiny_overrides(tmp_path)])
+    assert result.exit_code == 2 and "fp16 needs a CUDA GPU" in result.output
