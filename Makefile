@@ -20,7 +20,7 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) Makefile
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/uda train
+	$(BIN)/uda train $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -140,3 +140,69 @@ def test_fp16_on_cpu_is_refused(tmp_path, synthetic_root):
         pytest.skip("fp16 is allowed on a GPU")
     result = runner.invoke(app, ["train", "--precision", "fp16", *tiny_overrides(tmp_path)])
     assert result.exit_code == 2 and "fp16 needs a CUDA GPU" in result.output
+
+
+def test_tensorboard_events_are_written_when_installed(trained_run):
+    pytest.importorskip("tensorboard")
+    run_dir, _ = trained_run
+    assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, synthetic_root):
+    def final(name, seed):
+        result = uda("train", "--name", name, "--seed", str(seed), *tiny_overrides(tmp_path, 3))
+        assert result.exit_code == 0, result.output
+        return torch.load(tmp_path / name / "checkpoints" / "iter_000003.pt", weights_only=False)[
+            "model"
+        ]
+
+    a, b, c = final("a", 1), final("b", 1), final("c", 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_data_synth_writes_both_layouts(tmp_path):
+    root = tmp_path / "synth"
+    result = uda(
+        "data",
+        "synth",
+        "--root",
+        str(root),
+        "--width",
+        "64",
+        "--height",
+        "32",
+        "--num-source",
+        "3",
+        "--num-target-train",
+        "2",
+        "--num-target-val",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((root / "source" / "images").glob("*.png"))) == 3
+    assert len(list((root / "target" / "gtFine" / "val").glob("*/*_gtFine_labelTrainIds.png"))) == 2
+
+
+def test_data_synth_rejects_bad_sizes(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--root", str(tmp_path), "--width", "3"])
+    assert (
+        result.exit_code == 2
+        and "width: Input should be greater than or equal to 32" in result.output
+    )
+
+
+def test_eval_on_a_source_layout_set(trained_run, synthetic_root, tmp_path):
+    run_dir, _ = trained_run
+    result = uda(
+        "eval",
+        str(run_dir / "checkpoints" / "iter_000006.pt"),
+        "--set",
+        "data.val.layout=gta",
+        "--set",
+        f"data.val.root={synthetic_root / 'source'}",
+        "--output",
+        str(tmp_path / "source.json"),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "source.json").read_text())["mIoU"] >= 0

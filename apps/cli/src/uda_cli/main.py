@@ -14,6 +14,7 @@ from rich.console import Console
 
 from uda_cli import __version__
 from uda_cli.data import app as data_app
+from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
 from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
 from uda_data.classes import colorize
@@ -38,6 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(dispersion_app, name="dispersion")
 console = Console(highlight=False, soft_wrap=True)
 
 

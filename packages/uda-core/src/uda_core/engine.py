@@ -136,8 +136,8 @@ class Trainer:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", self.config)
-            if accelerator.trackers == [] and accelerator.log_with:
-                accelerator.init_trackers("tb")
+        if accelerator.log_with:
+            accelerator.init_trackers("tensorboard")
 
         progress = TrainProgress(out, rt.iterations, start, enabled=is_main)
         report: IoUReport | None = None

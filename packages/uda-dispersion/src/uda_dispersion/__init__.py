@@ -1,0 +1,12 @@
+"""Instance directional dispersion maps from a label map and a depth map, on CPU and CUDA.
+
+Each connected instance gets the spherical variance of the directions, in the joint
+image-depth space, from its centroid to the centroids of the instances of other classes
+(README, "Definition").
+"""
+
+from uda_dispersion._backend import cuda_built
+from uda_dispersion.extractor import Instances, InstanceTable, dispersion_map, instances
+
+__version__ = "0.1.0"
+__all__ = ["InstanceTable", "Instances", "cuda_built", "dispersion_map", "instances"]
