@@ -91,7 +91,7 @@ def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "nope"], r"unknown method 'nope'; available: source-only"),
+        (["--method", "nope"], r"unknown method 'nope'; available: dacs, daformer, source-only"),
         (["--plugin", "nope"], r"unknown plugin 'nope'; available:"),
         (["--set", "optim.lr=-1"], r"optim\.lr: Input should be greater than 0"),
         (["--set", "optim.lrr=1"], r"optim\.lrr: unknown key"),

@@ -127,7 +127,7 @@ def train_command(
         runtime__name=name,
     )
     if plugin:
-        flags["plugins"] = plugin
+        flags["plugins"] = {name: {} for name in plugin}
     overrides = list(set_ or [])
     cfg = resolve_config(preset, config, flags, overrides)
     checkpoint = None

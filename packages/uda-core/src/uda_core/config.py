@@ -69,6 +69,9 @@ class RuntimeConfig(Section):
         2, ge=1, description="Periodic checkpoints kept (best and last kept too)."
     )
     log_interval: int = Field(50, ge=1, description="Log losses every N iterations.")
+    debug_interval: int = Field(
+        0, ge=0, description="Save debug pictures every N iterations (0: off)."
+    )
     seed: int = Field(0, ge=0, description="Seed of every random draw (data, init, augmentation).")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision.")
     work_dir: Path = Field(Path("work_dirs"), description="Folder that holds run folders.")
@@ -120,7 +123,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise UdaError(f"--set {item!r}: {part!r} is a value, not a section")
             node = child
@@ -155,19 +160,24 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line naming each bad field by its dotted path."""
+    problems = []
+    for err in exc.errors():
+        where = prefix + (".".join(str(p) for p in err["loc"]) or "<root>")
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(problems)
+
+
 def validate(model: type[ModelT], data: dict[str, Any], *, source: str = "config") -> ModelT:
     """Build a config model, turning pydantic's report into one line per bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "<root>"
-            if err["type"] == "extra_forbidden":
-                problems.append(f"{where}: unknown key")
-            else:
-                problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
-        raise UdaError(f"{source}: " + "; ".join(problems)) from None
+        raise UdaError(f"{source}: {describe_validation_error(exc)}") from None
 
 
 class EvalConfig(Section):

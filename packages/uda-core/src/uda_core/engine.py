@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -28,6 +29,7 @@ from uda_core.checkpoint import (
     set_rng_state,
 )
 from uda_core.config import OptimConfig, RuntimeConfig, ScheduleConfig
+from uda_core.debug import save_panels
 from uda_core.errors import UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.logging import MetricsLog, TrainProgress, console
@@ -83,6 +85,7 @@ class Trainer:
         build_method: Callable[[nn.Module, Accelerator], Method],
         train_batches: TrainBatches,
         evaluator: Evaluator | None,
+        palette: np.ndarray | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.config = config
@@ -93,6 +96,7 @@ class Trainer:
         self.build_method = build_method
         self.train_batches = train_batches
         self.evaluator = evaluator
+        self.palette = palette
 
     def _accelerator(self) -> Accelerator:
         if self.runtime.precision == "fp16" and not torch.cuda.is_available():
@@ -150,6 +154,9 @@ class Trainer:
             for iteration in range(start, rt.iterations):
                 batch = next(batches).to(accelerator.device)
                 model.train()
+                method.debug = (
+                    is_main and rt.debug_interval > 0 and (iteration + 1) % rt.debug_interval == 0
+                )
                 logs = method.train_step(batch, iteration)
                 self._check_finite(logs, iteration)
                 if self.optim.grad_clip is not None:
@@ -159,6 +166,12 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 method.after_optimizer_step(iteration)
                 done = iteration + 1
+                if method.debug and method.panels:
+                    save_panels(
+                        self.run_dir / "debug" / f"iter_{done:06d}.png",
+                        method.panels,
+                        self._palette(),
+                    )
                 log_now = done % rt.log_interval == 0 or done == rt.iterations
                 progress.update(done, logs, log_now)
                 if log_now and is_main:
@@ -189,6 +202,11 @@ class Trainer:
             out.print(report.table(f"Target val, iteration {rt.iterations}"))
             out.print(f"target mIoU {100 * report.miou:.2f}  (run folder {self.run_dir})")
         return TrainResult(self.run_dir, rt.iterations, last_ckpt, report)
+
+    def _palette(self) -> np.ndarray:
+        if self.palette is not None:
+            return self.palette
+        return np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
 
     @staticmethod
     def _check_finite(logs: dict[str, float], iteration: int) -> None:

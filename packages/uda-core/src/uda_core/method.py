@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator
 from torch import nn
+
+from uda_core.plugin import Plugin
 
 
 @dataclass
@@ -43,10 +46,23 @@ class Method(ABC):
 
     name: ClassVar[str]
     needs_target: ClassVar[bool] = True
+    uses_rcs: ClassVar[bool] = False
+    """Sample the source with rare class sampling when the data config enables it."""
 
-    def __init__(self, model: nn.Module, accelerator: Accelerator) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        accelerator: Accelerator,
+        cfg: Any = None,
+        plugins: Mapping[str, Plugin] | None = None,
+    ) -> None:
         self.model = model
         self.accelerator = accelerator
+        self.cfg = cfg
+        self.plugins = dict(plugins or {})
+        self.debug = False
+        self.panels: dict[str, torch.Tensor] = {}
+        """Pictures of the last step, filled when the engine sets ``debug`` before a step."""
 
     @abstractmethod
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
@@ -60,8 +76,11 @@ class Method(ABC):
         return self.model
 
     def state_dict(self) -> dict[str, Any]:
-        """Extra state to checkpoint (e.g. the EMA teacher)."""
-        return {}
+        """Extra state to checkpoint (e.g. the EMA teacher), plugins' state included."""
+        return {"plugins": {n: p.state_dict() for n, p in self.plugins.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+        for name, plugin_state in state.get("plugins", {}).items():
+            if name in self.plugins:
+                self.plugins[name].load_state_dict(plugin_state)

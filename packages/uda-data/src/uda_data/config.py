@@ -17,6 +17,7 @@ from uda_data.datasets import (
     gta_folder,
 )
 from uda_data.depth import DepthEncoding
+from uda_data.rcs import Progress, RareClassSampler, class_stats_path, load_or_compute
 from uda_data.synthetic import SynthSpec, ensure_synthetic
 
 SYNTHETIC_PREFIX = "@synthetic/"
@@ -45,6 +46,29 @@ class DatasetConfig(_Section):
     )
 
 
+class RCSConfig(_Section):
+    """Rare class sampling of source images (DAFormer); the section's presence enables it."""
+
+    temperature: float = Field(
+        0.01, gt=0, description="Temperature T of P(c) = softmax((1 - f_c) / T)."
+    )
+    min_pixels: int = Field(
+        3000,
+        ge=0,
+        description="Pixels of c a full-resolution source label needs to be drawn for c.",
+    )
+    min_crop_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="Re-crop until the crop holds > min_pixels x this of c (HRDA/MIC 2.0; 0: off).",
+    )
+
+    @property
+    def min_crop_pixels(self) -> int:
+        """The crop threshold as an integer (``n > floor(x)`` equals ``n > x`` for counts)."""
+        return int(self.min_pixels * self.min_crop_ratio)
+
+
 class DataConfig(_Section):
     """Source, target and validation data and their transforms. Sizes are (width, height)."""
 
@@ -71,6 +95,9 @@ class DataConfig(_Section):
     workers: int = Field(2, ge=0, description="Data-loading worker processes.")
     load_depth: bool = Field(
         False, description="Load depth maps (plugins that need depth set this)."
+    )
+    rcs: RCSConfig | None = Field(
+        None, description="Rare class sampling of the source; absent: uniform source images."
     )
 
     def uses_synthetic(self) -> bool:
@@ -109,6 +136,23 @@ def open_folder(
         with_depth=with_depth,
         depth_encoding=which.depth_encoding,
     )
+
+
+def source_sampler(
+    data: DataConfig, folder: SegmentationFolder, progress: Progress | None = None
+) -> RareClassSampler | None:
+    """The rare class sampler of the source, if enabled, from statistics computed on first use
+    and cached by ``class_stats_path`` (beside the dataset, else under ``data.cache_dir``)."""
+    if data.rcs is None:
+        return None
+    source = data.source
+    path = class_stats_path(
+        data.resolve_root(source),
+        source.split if source.layout == "cityscapes" else None,
+        data.cache_dir,
+    )
+    stats = load_or_compute(folder, path, progress, workers=max(data.workers, 1))
+    return RareClassSampler(stats, data.rcs.temperature, data.rcs.min_pixels)
 
 
 def source_pipeline(data: DataConfig) -> TrainPipeline:

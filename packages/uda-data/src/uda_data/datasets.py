@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from uda_data.classes import IGNORE_INDEX, NUM_CLASSES
 from uda_data.depth import DepthEncoding, decode_depth_anything
 from uda_data.errors import DataError
 from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
+
+if TYPE_CHECKING:
+    from uda_data.rcs import RareClassSampler
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,21 @@ def _read_png(path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: cannot be read as an image ({exc}); replace or remove the file"
         ) from None
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A uint8 trainId label map; other values raise a DataError that names the file."""
+    label = _read_png(path)
+    if label.ndim == 3:
+        label = label[..., 0]
+    values = np.unique(label)
+    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+    if len(bad):
+        raise DataError(
+            f"{path}: label values {bad[:5].tolist()} are not trainIds (0-{NUM_CLASSES - 1} or"
+            f" {IGNORE_INDEX}); convert the labels with `uda data convert`"
+        )
+    return label.astype(np.uint8)
 
 
 def read_depth(path: Path, encoding: DepthEncoding) -> np.ndarray:
@@ -86,7 +105,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
         image = image[..., :3]
         dense = {}
         if item.label is not None:
-            dense["label"] = self._label(item.label)
+            dense["label"] = read_label(item.label)
         if item.depth is not None:
             dense["depth"] = read_depth(item.depth, self.depth_encoding)
         height, width = image.shape[:2]
@@ -98,20 +117,6 @@ class SegmentationFolder(torch.utils.data.Dataset):
                     f" {item.image.name} is {width}x{height}; regenerate or resize the {key} map"
                 )
         return Sample(image, dense, item.image.name)
-
-    @staticmethod
-    def _label(path: Path) -> np.ndarray:
-        label = _read_png(path)
-        if label.ndim == 3:
-            label = label[..., 0]
-        values = np.unique(label)
-        bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
-        if len(bad):
-            raise DataError(
-                f"{path}: label values {bad[:5].tolist()} are not trainIds (0-{NUM_CLASSES - 1} or"
-                f" {IGNORE_INDEX}); convert the labels with `uda data convert`"
-            )
-        return label.astype(np.uint8)
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -207,20 +212,39 @@ def cityscapes_folder(
     )
 
 
+RCS_CROP_TRIES = 10
+
+
 @dataclass(frozen=True)
 class TrainPipeline:
-    """Resize, random crop, flip, pad, normalise: the training transforms of one domain."""
+    """Resize, random crop, flip, pad, normalise: the training transforms of one domain.
+
+    With a ``rare_class`` (rare class sampling) and ``min_class_pixels > 0``, the crop is
+    drawn again, up to ``RCS_CROP_TRIES`` times in all, until it holds more than
+    ``min_class_pixels`` pixels of that class (counted after the resize); the last crop is kept
+    if none does. Each try is a full ``cat_max_ratio`` crop, as DAFormer re-runs its pipeline.
+    """
 
     crop: Size
     resize: Size | None = None
     cat_max_ratio: float = 1.0
     flip_prob: float = 0.5
 
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        sample: Sample,
+        rng: np.random.Generator,
+        rare_class: int | None = None,
+        min_class_pixels: int = 0,
+    ) -> dict[str, torch.Tensor]:
         if self.resize is not None:
             sample = resize(sample, self.resize)
-        sample = random_crop(sample, self.crop, rng, self.cat_max_ratio)
-        sample = random_flip(sample, rng, self.flip_prob)
+        focus = rare_class is not None and min_class_pixels > 0
+        for _ in range(RCS_CROP_TRIES if focus else 1):
+            cropped = random_crop(sample, self.crop, rng, self.cat_max_ratio)
+            if not focus or (cropped.dense["label"] == rare_class).sum() > min_class_pixels:
+                break
+        sample = random_flip(cropped, rng, self.flip_prob)
         return to_tensors(pad(sample, self.crop))
 
 
@@ -229,6 +253,10 @@ class UDATrainSet(torch.utils.data.Dataset):
 
     Each draw's randomness comes only from (seed, rank, n), so the stream of batches is the
     same with any number of loader workers and restarts exactly where a run stopped.
+
+    With a ``source_sampler`` (rare class sampling) the source image comes from
+    ``source_sampler.draw`` instead of uniformly, and its crop is re-drawn until it holds more
+    than ``min_crop_pixels`` pixels of the drawn class (see ``TrainPipeline``).
     """
 
     def __init__(
@@ -240,21 +268,25 @@ class UDATrainSet(torch.utils.data.Dataset):
         *,
         seed: int = 0,
         rank: int = 0,
+        source_sampler: RareClassSampler | None = None,
+        min_crop_pixels: int = 0,
     ) -> None:
         self.source, self.source_pipeline = source, source_pipeline
         self.target, self.target_pipeline = target, target_pipeline
         self.seed, self.rank = seed, rank
+        self.source_sampler, self.min_crop_pixels = source_sampler, min_crop_pixels
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, n: int) -> dict[str, dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.rank, n])
-        out = {
-            "source": self.source_pipeline(
-                self.source.load(int(rng.integers(len(self.source)))), rng
-            )
-        }
+        if self.source_sampler is None:
+            index, rare_class = int(rng.integers(len(self.source))), None
+        else:
+            index, rare_class = self.source_sampler.draw(rng)
+        source = self.source.load(index)
+        out = {"source": self.source_pipeline(source, rng, rare_class, self.min_crop_pixels)}
         if self.target is not None:
             out["target"] = self.target_pipeline(
                 self.target.load(int(rng.integers(len(self.target)))), rng

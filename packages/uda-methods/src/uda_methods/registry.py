@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
 
 import timm
 from torch import nn
@@ -11,28 +10,87 @@ from torch import nn
 from uda_core.errors import UdaError
 from uda_core.method import Method
 from uda_methods.config import ModelConfig
+from uda_methods.methods.daformer import DACS, DAFormer
 from uda_methods.methods.source_only import SourceOnly
-from uda_methods.models.light import LightDecoder, Segmenter, TimmEncoder, load_encoder_weights
+from uda_methods.models.daformer import DAFormerDecoder
+from uda_methods.models.deeplabv2 import DeepLabV2Decoder, resnet101
+from uda_methods.models.light import LightDecoder, TimmEncoder
+from uda_methods.models.mit import mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5
+from uda_methods.models.segmenter import Segmenter
 
 METHODS: dict[str, type[Method]] = {
     "source-only": SourceOnly,
+    "dacs": DACS,
+    "daformer": DAFormer,
 }
 
 
-def _light(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    encoder = TimmEncoder(cfg.encoder)
+def _mit(constructor: Callable[..., TimmEncoder]) -> Callable[[ModelConfig], TimmEncoder]:
+    def build(cfg: ModelConfig) -> TimmEncoder:
+        if cfg.timm_pretrained:
+            raise UdaError(
+                "model.timm_pretrained: timm's pvt_v2 weights are PVTv2's, not SegFormer's MiT; "
+                f"set model.pretrained to SegFormer's {cfg.encoder}.pth instead"
+            )
+        return constructor(drop_path_rate=cfg.drop_path_rate)
+
+    return build
+
+
+ENCODERS: dict[str, Callable[[ModelConfig], TimmEncoder]] = {
+    "mit_b0": _mit(mit_b0),
+    "mit_b1": _mit(mit_b1),
+    "mit_b2": _mit(mit_b2),
+    "mit_b3": _mit(mit_b3),
+    "mit_b4": _mit(mit_b4),
+    "mit_b5": _mit(mit_b5),
+    "resnet101": lambda cfg: resnet101(pretrained=cfg.timm_pretrained),
+}
+
+
+def build_encoder(cfg: ModelConfig) -> TimmEncoder:
+    """The encoder named by ``cfg.encoder`` (``ENCODERS`` or any timm model), weights loaded."""
+    if cfg.encoder in ENCODERS:
+        encoder = ENCODERS[cfg.encoder](cfg)
+    elif timm.is_model(cfg.encoder):
+        encoder = TimmEncoder(cfg.encoder, pretrained=cfg.timm_pretrained)
+    else:
+        raise UdaError(
+            f"model.encoder: {cfg.encoder!r} is not a timm model nor one of "
+            f"{', '.join(ENCODERS)}; see timm.list_models()"
+        )
     if cfg.pretrained is not None:
-        load_encoder_weights(encoder, cfg.pretrained)
-    return Segmenter(
-        encoder, LightDecoder(encoder.channels, num_classes, cfg.channels, cfg.dropout)
-    )
+        encoder.load_pretrained(cfg.pretrained)
+    return encoder
+
+
+def _light(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    encoder = build_encoder(cfg)
+    decoder = LightDecoder(encoder.channels, num_classes, cfg.channels or 128, cfg.dropout)
+    return Segmenter(encoder, decoder)
+
+
+def _daformer(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    encoder = build_encoder(cfg)
+    decoder = DAFormerDecoder(encoder.channels, num_classes, cfg.channels or 256, cfg.dropout)
+    return Segmenter(encoder, decoder)
+
+
+def _deeplabv2(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    if cfg.channels is not None:
+        raise UdaError(
+            "model.channels: deeplabv2 has no decoder width (it classifies the encoder's "
+            "last map); leave it unset"
+        )
+    encoder = build_encoder(cfg)
+    return Segmenter(encoder, DeepLabV2Decoder(encoder.channels, num_classes))
 
 
 DECODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "light": _light,
+    "daformer": _daformer,
+    "deeplabv2": _deeplabv2,
 }
-
-PLUGIN_GROUP = "uda.plugins"
 
 
 def _unknown(kind: str, name: str, known) -> UdaError:
@@ -47,21 +105,9 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The model named by ``cfg.encoder`` + ``cfg.decoder``, its encoder weights loaded."""
     if cfg.decoder not in DECODERS:
         raise _unknown("decoder", cfg.decoder, DECODERS)
-    if not timm.is_model(cfg.encoder):
-        raise UdaError(
-            f"model.encoder: {cfg.encoder!r} is not a timm model; see timm.list_models()"
-        )
+    if cfg.pretrained is not None and cfg.timm_pretrained:
+        raise UdaError("model.pretrained and model.timm_pretrained: set one source of weights")
     return DECODERS[cfg.decoder](cfg, num_classes)
-
-
-def available_plugins() -> dict[str, object]:
-    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
-
-
-def check_plugins(names: list[str]) -> None:
-    found = available_plugins()
-    for name in names:
-        if name not in found:
-            raise _unknown("plugin", name, found)

@@ -17,13 +17,22 @@ from uda_core.engine import Trainer, TrainResult, load_model_weights
 from uda_core.errors import UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.method import UDABatch
-from uda_data.classes import CLASSES, NUM_CLASSES, SYNTHIA_13, SYNTHIA_16
-from uda_data.config import DataConfig, open_folder, source_pipeline, target_pipeline, val_set
+from uda_core.plugin import Plugin, load_plugins
+from uda_data.classes import CLASSES, NUM_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
+from uda_data.config import (
+    DataConfig,
+    open_folder,
+    source_pipeline,
+    source_sampler,
+    target_pipeline,
+    val_set,
+)
 from uda_data.datasets import SegmentationFolder, UDATrainSet
 from uda_data.errors import DataError
+from uda_data.rcs import RareClassSampler
 from uda_methods.config import RunConfig
 from uda_methods.presets import preset
-from uda_methods.registry import build_model, check_plugins, method_class
+from uda_methods.registry import build_model, method_class
 
 SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
 
@@ -36,13 +45,31 @@ def resolve_config(
     if config_file is not None:
         data = merge(data, load_config_file(config_file))
     data = merge(data, flags)
-    return validate(RunConfig, apply_overrides(data, overrides))
+    return with_plugins(validate(RunConfig, apply_overrides(data, overrides)))
+
+
+def with_plugins(cfg: RunConfig) -> RunConfig:
+    """The config with each plugin's validated settings filled in and the inputs it needs."""
+    plugins = load_plugins(cfg.plugins)
+    settings = {name: p.config.model_dump(mode="json") for name, p in plugins.items()}
+    needs_depth = any("depth" in p.needs for p in plugins.values())
+    data = cfg.data.model_copy(update={"load_depth": cfg.data.load_depth or needs_depth})
+    return cfg.model_copy(update={"plugins": settings, "data": data})
+
+
+def build_full_model(cfg: RunConfig, plugins: dict[str, Plugin]) -> torch.nn.Module:
+    """The segmentation network with each plugin's head attached."""
+    model = build_model(cfg.model, NUM_CLASSES)
+    for name, plugin in plugins.items():
+        head = plugin.build_head(model.decoder.channels, NUM_CLASSES)
+        if head is not None:
+            model.heads[name] = head
+    return model
 
 
 def check_names(cfg: RunConfig) -> None:
     method_class(cfg.method.name)
-    check_plugins(cfg.plugins)
-    build_model(cfg.model, NUM_CLASSES)
+    build_full_model(cfg, load_plugins(cfg.plugins))
 
 
 @dataclass
@@ -50,6 +77,7 @@ class RunData:
     source: SegmentationFolder
     target: SegmentationFolder | None
     evaluator: Evaluator
+    sampler: RareClassSampler | None = None
 
 
 def open_data(cfg: RunConfig, console: Console | None = None) -> RunData:
@@ -67,7 +95,8 @@ def open_data(cfg: RunConfig, console: Console | None = None) -> RunData:
     target = None
     if needs_target:
         target = open_folder(data, data.target, with_labels=False, with_depth=data.load_depth)
-    return RunData(source, target, make_evaluator(cfg))
+    sampler = source_sampler(data, source) if method_class(cfg.method.name).uses_rcs else None
+    return RunData(source, target, make_evaluator(cfg), sampler)
 
 
 def make_evaluator(cfg: RunConfig) -> Evaluator:
@@ -89,6 +118,8 @@ def train_batches(cfg: RunConfig, run_data: RunData):
             target_pipeline(data),
             seed=cfg.runtime.seed,
             rank=rank,
+            source_sampler=run_data.sampler,
+            min_crop_pixels=data.rcs.min_crop_pixels if run_data.sampler else 0,
         )
         draws = range(start * data.batch_size, cfg.runtime.iterations * data.batch_size)
         loader = torch.utils.data.DataLoader(
@@ -117,19 +148,20 @@ def checkpoint_to_resume(resume: str, work_dir: Path) -> Path:
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None) -> Trainer:
-    check_names(cfg)
-    run_data = open_data(cfg, console)
     method = method_class(cfg.method.name)
+    plugins = load_plugins(cfg.plugins)
+    run_data = open_data(cfg, console)
     return Trainer(
         run_dir=run_dir,
         config=cfg.model_dump(mode="json"),
         runtime=cfg.runtime,
         optim=cfg.optim,
         schedule=cfg.schedule,
-        build_model=lambda: build_model(cfg.model, NUM_CLASSES),
-        build_method=method,
+        build_model=lambda: build_full_model(cfg, plugins),
+        build_method=lambda model, accelerator: method(model, accelerator, cfg.method, plugins),
         train_batches=train_batches(cfg, run_data),
         evaluator=run_data.evaluator,
+        palette=PALETTE,
     )
 
 
@@ -160,7 +192,7 @@ def train(
 def load_trained_model(path: Path, overrides: list[str]) -> tuple[torch.nn.Module, RunConfig, dict]:
     state = load_checkpoint(path)
     cfg = config_of_checkpoint(state, path, overrides)
-    model = build_model(cfg.model, NUM_CLASSES)
+    model = build_full_model(cfg, load_plugins(cfg.plugins))
     load_model_weights(model, state["model"], f"checkpoint {path}")
     return model, cfg, state
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from uda_core.losses import seg_cross_entropy
 from uda_core.method import Method, UDABatch
+from uda_methods.methods.hooks import add_source_targets, plugin_losses
 
 
 class SourceOnly(Method):
-    """The lower bound every adaptation method is measured against."""
+    """The lower bound every adaptation method is measured against (plugins still train)."""
 
     name = "source-only"
     needs_target = False
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
-        output = self.model(batch.source["image"])
-        loss = seg_cross_entropy(output.logits, batch.source["label"])
-        self.accelerator.backward(loss)
-        return {"loss": loss.item()}
+        source = add_source_targets(self.plugins, batch.source)
+        output = self.model(source["image"])
+        losses = {"loss": seg_cross_entropy(output.logits, source["label"])}
+        losses |= plugin_losses(self.plugins, output, source, None)
+        self.accelerator.backward(sum(losses.values()))
+        return {k: v.item() for k, v in losses.items()}

@@ -1,0 +1,64 @@
+"""The mean teacher: an exponential moving average of the student that makes pseudo-labels."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+_STOCHASTIC = (nn.modules.dropout._DropoutNd,)
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    # timm's DropPath has no common base class with dropout; match it by name.
+    return isinstance(module, _STOCHASTIC) or type(module).__name__ == "DropPath"
+
+
+class EMATeacher(nn.Module):
+    """A frozen copy of the student, updated as ``teacher = a * teacher + (1 - a) * student``.
+
+    ``a_t = min(1 - 1 / (t + 1), alpha)``: early on the teacher follows the student closely,
+    later it averages over about ``1 / (1 - alpha)`` steps. Parameters and floating buffers
+    (BatchNorm statistics) are averaged in place; integer buffers are copied. Dropout and
+    drop-path are off in the teacher; normalisation layers keep the student's mode, as in
+    DACS/DAFormer.
+    """
+
+    def __init__(self, student: nn.Module, alpha: float = 0.999) -> None:
+        super().__init__()
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"EMA alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self.model = copy.deepcopy(student)
+        self.model.requires_grad_(False)
+        self._silence_stochastic_layers()
+
+    def _silence_stochastic_layers(self) -> None:
+        for module in self.model.modules():
+            if _is_stochastic(module):
+                module.eval()
+
+    def train(self, mode: bool = True) -> EMATeacher:
+        super().train(mode)
+        self._silence_stochastic_layers()
+        return self
+
+    def alpha_at(self, step: int) -> float:
+        return min(1.0 - 1.0 / (step + 1), self.alpha)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, step: int) -> None:
+        """Blend the student in after its ``step``-th update (1 for the first)."""
+        a = self.alpha_at(step)
+        for t, s in zip(self.model.parameters(), student.parameters(), strict=True):
+            t.mul_(a).add_(s.detach(), alpha=1.0 - a)
+        for t, s in zip(self.model.buffers(), student.buffers(), strict=True):
+            if t.dtype.is_floating_point:
+                t.mul_(a).add_(s.detach(), alpha=1.0 - a)
+            else:
+                t.copy_(s)
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor):
+        return self.model(image)

@@ -1,0 +1,147 @@
+"""DACS and DAFormer: self-training with an EMA teacher, ClassMix and strong augmentation.
+
+DAFormer (Hoyer et al., CVPR 2022) adds to DACS (Tranheden et al., WACV 2021) rare class
+sampling in the source loader (configured in the data section) and an ImageNet feature
+distance on thing classes. One iteration, as ``train_step`` reads:
+
+1. source: supervised loss (+ feature distance, + plugin losses); backward
+2. target: teacher pseudo-labels and their pixel weights (+ plugin adjustments and targets)
+3. ClassMix of source and target, over the image and every dense map; strong augmentation
+4. mixed: pixel-weighted loss (+ plugin losses); backward
+5. (engine) optimiser step; then ``after_optimizer_step`` updates the EMA teacher
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from uda_core.augment import strong_augment
+from uda_core.ema import EMATeacher
+from uda_core.losses import downscale_label_ratio, feature_distance, seg_cross_entropy
+from uda_core.method import Method, UDABatch
+from uda_core.mixing import class_mix_masks, mix
+from uda_core.pseudo_label import ignore_rows, pseudo_labels
+from uda_methods.methods.hooks import (
+    add_source_targets,
+    add_target_targets,
+    adjust_weights,
+    plugin_losses,
+)
+
+NUM_CLASSES = 19
+
+
+class DACS(Method):
+    """Self-training with ClassMix; no feature distance, no rare class sampling."""
+
+    name = "dacs"
+    uses_feature_distance = False
+
+    def __init__(self, model, accelerator, cfg, plugins=None) -> None:
+        super().__init__(model, accelerator, cfg, plugins)
+        student = accelerator.unwrap_model(model)
+        self.teacher = EMATeacher(student, cfg.ema_alpha)
+        self.imagenet_encoder = None
+        if self.uses_feature_distance and cfg.fd_lambda > 0:
+            self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
+
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
+        cfg, logs = self.cfg, {}
+
+        # 1. source
+        source = add_source_targets(self.plugins, batch.source)
+        out_src = self.model(source["image"])
+        losses = {"src.seg": seg_cross_entropy(out_src.logits, source["label"])}
+        if self.imagenet_encoder is not None:
+            losses["src.feat_dist"] = cfg.fd_lambda * self._feature_distance(out_src, source)
+        losses |= plugin_losses(self.plugins, out_src, source, None, prefix="src.")
+        self.accelerator.backward(sum(losses.values()))
+        logs |= {k: v.item() for k, v in losses.items()}
+
+        # 2. target pseudo-labels
+        target = dict(batch.target)
+        self.teacher.train(self.model.training)
+        teacher_logits = self.teacher(target["image"]).logits
+        teacher_logits = F.interpolate(
+            teacher_logits.float(), target["image"].shape[-2:], mode="bilinear", align_corners=False
+        )
+        pseudo = pseudo_labels(teacher_logits, cfg.pseudo_threshold)
+        weight = ignore_rows(pseudo.weight, cfg.pseudo_ignore_top, cfg.pseudo_ignore_bottom)
+        if "valid" in target:
+            weight = weight * target["valid"]
+        weight = adjust_weights(self.plugins, target, pseudo.label, weight)
+        target = add_target_targets(self.plugins, target, pseudo.label)
+        target["label"], target["weight"] = pseudo.label, weight
+        source["weight"] = torch.ones_like(weight)
+
+        # 3. ClassMix over the image and every dense map both sides have, then augmentation
+        mask = class_mix_masks(source["label"])
+        mixed = {k: mix(mask, source[k], target[k]) for k in source.keys() & target.keys()}
+        mixed["image"] = strong_augment(
+            mixed["image"], cfg.color_jitter_strength, cfg.color_jitter_p, cfg.blur
+        )
+
+        # 4. mixed
+        out_mix = self.model(mixed["image"])
+        losses = {"mix.seg": seg_cross_entropy(out_mix.logits, mixed["label"], mixed["weight"])}
+        losses |= plugin_losses(self.plugins, out_mix, mixed, mixed["weight"], prefix="mix.")
+        self.accelerator.backward(sum(losses.values()))
+        logs |= {k: v.item() for k, v in losses.items()}
+        logs["pseudo_weight"] = pseudo.weight[:, 0, 0].mean().item()
+
+        if self.debug:
+            self.panels = self._panels(source, target, mixed, out_mix)
+        return logs
+
+    def _feature_distance(self, output, source) -> torch.Tensor:
+        """Distance of the student's bottleneck features to the frozen ImageNet encoder's, on
+        cells where thing classes cover at least ``fd_min_ratio``."""
+        with torch.no_grad():
+            reference = self.imagenet_encoder(source["image"])[-1]
+        features = output.encoder_features[-1]
+        factor = source["label"].shape[-1] // features.shape[-1]
+        cells = downscale_label_ratio(source["label"], factor, self.cfg.fd_min_ratio, NUM_CLASSES)
+        classes = torch.tensor(self.cfg.fd_classes, device=cells.device)
+        return feature_distance(features, reference, torch.isin(cells, classes))
+
+    def _panels(self, source, target, mixed, out_mix) -> dict[str, torch.Tensor]:
+        panels = {
+            "source": source["image"],
+            "source label": source["label"],
+            "target": target["image"],
+            "pseudo-label": target["label"],
+            "pseudo weight": target["weight"],
+            "mixed": mixed["image"],
+            "mixed label": mixed["label"],
+            "mixed prediction": out_mix.logits.argmax(1),
+        }
+        for name, plugin in self.plugins.items():
+            panels |= {f"{name}: {k}": v for k, v in plugin.debug_panels(mixed, out_mix).items()}
+        return {k: v.detach() for k, v in panels.items()}
+
+    def after_optimizer_step(self, iteration: int) -> None:
+        self.teacher.update(self.accelerator.unwrap_model(self.model), iteration + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict() | {"teacher": self.teacher.model.state_dict()}
+        if self.imagenet_encoder is not None:
+            state["imagenet_encoder"] = self.imagenet_encoder.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.teacher.model.load_state_dict(state["teacher"])
+        if self.imagenet_encoder is not None and "imagenet_encoder" in state:
+            self.imagenet_encoder.load_state_dict(state["imagenet_encoder"])
+
+
+class DAFormer(DACS):
+    """DACS + ImageNet feature distance + rare class sampling."""
+
+    name = "daformer"
+    uses_feature_distance = True
+    uses_rcs = True

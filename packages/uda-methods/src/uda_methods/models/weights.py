@@ -1,0 +1,57 @@
+"""Reading encoder checkpoints and loading them with every key and shape checked.
+
+A wrong file should fail at once with the key that does not fit, not train from a half-loaded
+backbone. Keys of layers the encoder does not have at all (the ImageNet classifier, which
+``features_only`` removes) are ignored; everything else must match exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from uda_core.errors import UdaError
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped from a ``state_dict`` or ``model`` entry."""
+    if not path.is_file():
+        raise UdaError(
+            f"model.pretrained: {path} does not exist; give the path of the encoder weights"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise UdaError(f"model.pretrained: cannot read {path}: {exc}".splitlines()[0]) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise UdaError(f"model.pretrained: {path} holds no state dict")
+    return state
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``module``; raise a one-line UdaError at the first key that differs."""
+    expected = module.state_dict()
+    children = {name for name, _ in module.named_children()}
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            continue  # older torchvision checkpoints lack these counters
+        if key not in state:
+            raise UdaError(
+                f"model.pretrained: {path} lacks {key!r} (expected shape {list(value.shape)})"
+            )
+        if state[key].shape != value.shape:
+            raise UdaError(
+                f"model.pretrained: {path}: {key!r} has shape {list(state[key].shape)}, "
+                f"expected {list(value.shape)}"
+            )
+    for key in state:
+        if key not in expected and key.split(".")[0] in children:
+            raise UdaError(
+                f"model.pretrained: {path} has {key!r}, which {type(module).__name__} lacks"
+            )
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
