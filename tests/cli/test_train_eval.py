@@ -20,7 +20,7 @@ def uda(*args: str):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, synthetic_root):
     work = tmp_path_factory.mktemp("work")
-    result = uda("train", "--name", "tiny", *tiny_overrides(work))
+    result = uda("train", "--method", "source-only", "--name", "tiny", *tiny_overrides(work))
     assert result.exit_code == 0, result.output
     return work / "tiny", result.output
 
@@ -91,7 +91,10 @@ def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "nope"], r"unknown method 'nope'; available: dacs, daformer, source-only"),
+        (
+            ["--method", "nope"],
+            r"unknown method 'nope'; available: dacs, daformer, hrda, mic, source-only",
+        ),
         (["--plugin", "nope"], r"unknown plugin 'nope'; available:"),
         (["--set", "optim.lr=-1"], r"optim\.lr: Input should be greater than 0"),
         (["--set", "optim.lrr=1"], r"optim\.lrr: unknown key"),
@@ -206,3 +209,18 @@ def test_eval_on_a_source_layout_set(trained_run, synthetic_root, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "source.json").read_text())["mIoU"] >= 0
+
+
+def test_daformer_preset_validates_on_data_in_the_real_layouts(synthetic_root):
+    roots = [
+        f"data.source.root={synthetic_root / 'source'}",
+        f"data.target.root={synthetic_root / 'target'}",
+        f"data.val.root={synthetic_root / 'target'}",
+        "data.rcs.min_pixels=50",
+    ]
+    args = ["train", "--preset", "daformer", "--dry-run"]
+    for item in roots:
+        args += ["--set", item]
+    result = uda(*args)
+    assert result.exit_code == 0, result.output
+    assert '"encoder": "mit_b5"' in result.output and '"iterations": 40000' in result.output

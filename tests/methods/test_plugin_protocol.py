@@ -58,18 +58,19 @@ def test_plugin_settings_are_validated_by_the_plugin(installed_plugin, tmp_path,
 def test_example_plugin_trains_through_the_protocol(installed_plugin, tmp_path, synthetic_root):
     sets = tiny_overrides(tmp_path, 30)
     sets += ["--set", "runtime.debug_interval=15", "--set", "runtime.checkpoint_interval=15"]
-    sets += ["--set", "schedule.warmup_iters=0"]
+    sets += ["--set", "schedule.warmup_iters=0", "--set", "plugins.depth-head.weight=1.0"]
+    sets += ["--set", "optim.lr=0.003"]
     result = runner.invoke(
         app, ["train", "--method", "daformer", "--plugin", "depth-head", "--name", "p", *sets]
     )
     assert result.exit_code == 0, result.output
     run = tmp_path / "p"
     config = json.loads((run / "config.json").read_text())
-    assert config["plugins"] == {"depth-head": {"weight": 0.5}} and config["data"]["load_depth"]
+    assert config["plugins"] == {"depth-head": {"weight": 1.0}} and config["data"]["load_depth"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["src.depth-head.depth"] for r in records if "src.depth-head.depth" in r]
     assert len(losses) == 30 and "mix.depth-head.depth" in records[0]
-    assert sum(losses[-6:]) / 6 < 0.85 * sum(losses[:6]) / 6  # the head learns
+    assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6  # the head learns
     state = torch.load(run / "checkpoints" / "iter_000030.pt", weights_only=False)
     assert any(k.startswith("heads.depth-head.") for k in state["model"])
     assert state["method"]["plugins"]["depth-head"]["batches_seen"] == 60

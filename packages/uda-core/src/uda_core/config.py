@@ -191,3 +191,8 @@ class EvalConfig(Section):
         (341, 341), description="Sliding-window stride (width, height)."
     )
     batch_size: int = Field(1, ge=1, description="Images per evaluation batch.")
+    batched: bool = Field(
+        True,
+        description="Slide: all windows of a batch in one forward pass (False: one at a time, "
+        "for small GPUs; CUDA out-of-memory falls back to that on its own).",
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +79,53 @@ def _windows(size: int, crop: int, stride: int) -> list[int]:
     return [*starts, size - crop]
 
 
+def slide_average(
+    predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    image: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    batched: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Average ``predict`` over overlapping windows (width, height) of a B x 3 x H x W image.
+
+    ``predict(crops)`` returns maps by name, B x C x h x w or B x h x w, each at an integer
+    fraction of the window's size (1/4 for decoder logits); the averages come back at the same
+    fraction of the image's size. ``batched`` runs every window in one call (windows stacked on
+    the batch axis); on a CUDA out-of-memory error it falls back to one window at a time.
+    """
+    height, width = image.shape[-2:]
+    (ww, wh), (sw, sh) = window, stride
+    starts = [(t, left) for t in _windows(height, wh, sh) for left in _windows(width, ww, sw)]
+    crops = [image[..., t : t + wh, left : left + ww] for t, left in starts]
+    outputs = None
+    if batched and len(crops) > 1:
+        try:
+            joined = predict(torch.cat(crops))
+            n = image.shape[0]
+            outputs = [
+                {k: v[i * n : (i + 1) * n] for k, v in joined.items()} for i in range(len(crops))
+            ]
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    if outputs is None:
+        outputs = [predict(crop) for crop in crops]
+    totals: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    for (top, left), crop, output in zip(starts, crops, outputs, strict=True):
+        for name, value in output.items():
+            value = value.float()
+            factor = crop.shape[-1] // value.shape[-1]
+            if name not in totals:
+                size = (*value.shape[:-2], height // factor, width // factor)
+                totals[name] = value.new_zeros(size)
+                counts[name] = value.new_zeros(size[-2:])
+            y, x = top // factor, left // factor
+            h, w = value.shape[-2:]
+            totals[name][..., y : y + h, x : x + w] += value
+            counts[name][y : y + h, x : x + w] += 1
+    return {k: totals[k] / counts[k].clamp(min=1) for k in totals}
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, image: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
     """Logits at the image's size, by whole-image or overlapping sliding-window inference."""
@@ -86,23 +133,13 @@ def predict_logits(model: nn.Module, image: torch.Tensor, cfg: EvalConfig) -> to
     if cfg.mode == "whole":
         logits = logits_of(model(image))
         return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=False)
-    (cw, ch), (sw, sh) = cfg.crop_size, cfg.stride
-    total = None
-    count = image.new_zeros((1, 1, height, width))
-    for top in _windows(height, ch, sh):
-        for left in _windows(width, cw, sw):
-            crop = image[..., top : top + ch, left : left + cw]
-            logits = logits_of(model(crop))
-            logits = F.interpolate(
-                logits.float(), crop.shape[-2:], mode="bilinear", align_corners=False
-            )
-            if total is None:
-                total = image.new_zeros(
-                    (image.shape[0], logits.shape[1], height, width), dtype=torch.float32
-                )
-            total[..., top : top + ch, left : left + cw] += logits
-            count[..., top : top + ch, left : left + cw] += 1
-    return total / count
+
+    def predict(crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = logits_of(model(crops)).float()
+        size = crops.shape[-2:]
+        return {"logits": F.interpolate(logits, size, mode="bilinear", align_corners=False)}
+
+    return slide_average(predict, image, cfg.crop_size, cfg.stride, cfg.batched)["logits"]
 
 
 @torch.no_grad()

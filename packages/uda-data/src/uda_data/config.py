@@ -99,6 +99,11 @@ class DataConfig(_Section):
     rcs: RCSConfig | None = Field(
         None, description="Rare class sampling of the source; absent: uniform source images."
     )
+    pseudo_margins: tuple[int, int, int, int] | None = Field(
+        None,
+        description="(top, bottom, left, right) px of each resized target image whose "
+        "pseudo-labels get weight 0, masked before cropping; hrda and mic on hrda use it.",
+    )
 
     def uses_synthetic(self) -> bool:
         return any(
@@ -159,8 +164,10 @@ def source_pipeline(data: DataConfig) -> TrainPipeline:
     return TrainPipeline(data.crop, data.source_resize, data.cat_max_ratio, data.flip_prob)
 
 
-def target_pipeline(data: DataConfig) -> TrainPipeline:
-    return TrainPipeline(data.crop, data.target_resize, 1.0, data.flip_prob)
+def target_pipeline(data: DataConfig, margins: bool = False) -> TrainPipeline:
+    """The target's transforms; with ``margins``, a ``valid`` map of ``data.pseudo_margins``."""
+    valid = data.pseudo_margins if margins else None
+    return TrainPipeline(data.crop, data.target_resize, 1.0, data.flip_prob, valid)
 
 
 def val_set(data: DataConfig, progress=None) -> EvalSet:

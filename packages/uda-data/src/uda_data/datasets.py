@@ -215,6 +215,15 @@ def cityscapes_folder(
 RCS_CROP_TRIES = 10
 
 
+def margin_mask(size: Size, margins: tuple[int, int, int, int]) -> np.ndarray:
+    """H x W uint8: 0 within (top, bottom, left, right) pixels of the border, 1 inside."""
+    width, height = size
+    top, bottom, left, right = margins
+    mask = np.zeros((height, width), np.uint8)
+    mask[top : max(height - bottom, top), left : max(width - right, left)] = 1
+    return mask
+
+
 @dataclass(frozen=True)
 class TrainPipeline:
     """Resize, random crop, flip, pad, normalise: the training transforms of one domain.
@@ -229,6 +238,9 @@ class TrainPipeline:
     resize: Size | None = None
     cat_max_ratio: float = 1.0
     flip_prob: float = 0.5
+    valid_margins: tuple[int, int, int, int] | None = None
+    """(top, bottom, left, right): adds a ``valid`` map, 0 on these borders of the resized
+    image and 1 inside, that crops, flips and pads with the image (HRDA's pseudo-label margins)."""
 
     def __call__(
         self,
@@ -239,6 +251,9 @@ class TrainPipeline:
     ) -> dict[str, torch.Tensor]:
         if self.resize is not None:
             sample = resize(sample, self.resize)
+        if self.valid_margins is not None:
+            valid = margin_mask(sample.size, self.valid_margins)
+            sample = Sample(sample.image, {**sample.dense, "valid": valid}, sample.name)
         focus = rare_class is not None and min_class_pixels > 0
         for _ in range(RCS_CROP_TRIES if focus else 1):
             cropped = random_crop(sample, self.crop, rng, self.cat_max_ratio)

@@ -33,6 +33,7 @@ class DenseKind:
 DENSE_KINDS: dict[str, DenseKind] = {
     "label": DenseKind("nearest", IGNORE_INDEX),
     "depth": DenseKind("bilinear", 0.0),
+    "valid": DenseKind("nearest", 0),
 }
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from uda_core.config import EvalConfig, OptimConfig, RuntimeConfig, ScheduleConfig, Section
 from uda_data.config import DataConfig
@@ -59,6 +59,67 @@ class MethodConfig(Section):
         (6, 7, 11, 12, 13, 14, 15, 16, 17, 18), description="Classes the feature distance covers."
     )
     fd_min_ratio: float = Field(0.75, gt=0, le=1, description="Min class share of a feature cell.")
+
+    # HRDA (Hoyer et al., ECCV 2022) and MIC (Hoyer et al., CVPR 2023); defaults are published.
+    hrda_context_scale: float = Field(
+        0.5, gt=0, lt=1, description="HRDA: scale of the context branch (the whole crop)."
+    )
+    hrda_detail_crop: tuple[int, int] = Field(
+        (512, 512), description="HRDA: detail crop (width, height) at full resolution."
+    )
+    hrda_crop_divisible: int = Field(
+        8, ge=1, description="HRDA: detail crop coordinates are multiples of this (feature stride)."
+    )
+    hrda_detail_loss_weight: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="HRDA: weight of the detail loss (the fused loss gets the rest).",
+    )
+    hrda_context_loss_weight: float = Field(
+        0.0, ge=0, lt=1, description="HRDA: weight of the context loss (published: 0)."
+    )
+    hrda_attention_channels: int = Field(
+        256, ge=8, description="HRDA: width of the scale-attention head's embeddings."
+    )
+    hrda_attention_classwise: bool = Field(
+        True, description="HRDA: one attention map per class (False: one for all classes)."
+    )
+    hrda_slide_stride: tuple[int, int] | None = Field(
+        None,
+        description="HRDA: stride of the detail windows at inference (pseudo-labels, eval); "
+        "None: half the detail crop (overlapping).",
+    )
+    hrda_batched_slide: bool = Field(
+        True, description="HRDA: detail windows in one forward pass (False: one at a time)."
+    )
+    mic_base: Literal["hrda", "daformer"] = Field(
+        "hrda", description="MIC: the method it extends (hrda, or daformer at one resolution)."
+    )
+    mic_mask_block: int = Field(64, ge=1, description="MIC: side of the square mask blocks (px).")
+    mic_mask_ratio: float = Field(0.7, ge=0, lt=1, description="MIC: share of blocks masked.")
+    mic_lambda: float = Field(1.0, ge=0, description="MIC: weight of the masked-image loss.")
+
+    @property
+    def multi_resolution(self) -> bool:
+        """Whether the method trains HRDA's multi-resolution model (hrda, mic on hrda)."""
+        return self.name == "hrda" or (self.name == "mic" and self.mic_base == "hrda")
+
+    @field_validator("hrda_detail_crop", "hrda_slide_stride")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError("sizes must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _fused_loss_weight_positive(self) -> MethodConfig:
+        if self.hrda_detail_loss_weight + self.hrda_context_loss_weight >= 1:
+            raise ValueError(
+                "hrda_detail_loss_weight + hrda_context_loss_weight must be below 1 "
+                "(the fused output gets 1 minus their sum)"
+            )
+        return self
 
 
 class RunConfig(Section):

@@ -9,11 +9,14 @@ from torch import nn
 
 from uda_core.errors import UdaError
 from uda_core.method import Method
-from uda_methods.config import ModelConfig
+from uda_methods.config import MethodConfig, ModelConfig
 from uda_methods.methods.daformer import DACS, DAFormer
+from uda_methods.methods.hrda import HRDA
+from uda_methods.methods.mic import MIC
 from uda_methods.methods.source_only import SourceOnly
 from uda_methods.models.daformer import DAFormerDecoder
 from uda_methods.models.deeplabv2 import DeepLabV2Decoder, resnet101
+from uda_methods.models.hrda import HRDASegmenter
 from uda_methods.models.light import LightDecoder, TimmEncoder
 from uda_methods.models.mit import mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5
 from uda_methods.models.segmenter import Segmenter
@@ -22,6 +25,8 @@ METHODS: dict[str, type[Method]] = {
     "source-only": SourceOnly,
     "dacs": DACS,
     "daformer": DAFormer,
+    "hrda": HRDA,
+    "mic": MIC,
 }
 
 
@@ -111,3 +116,21 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.pretrained is not None and cfg.timm_pretrained:
         raise UdaError("model.pretrained and model.timm_pretrained: set one source of weights")
     return DECODERS[cfg.decoder](cfg, num_classes)
+
+
+def build_method_model(cfg: ModelConfig, method: MethodConfig, num_classes: int) -> nn.Module:
+    """``build_model``, wrapped in HRDA's multi-resolution model when the method trains one."""
+    model = build_model(cfg, num_classes)
+    if not method.multi_resolution:
+        return model
+    return HRDASegmenter(
+        model,
+        num_classes,
+        context_scale=method.hrda_context_scale,
+        detail_crop=method.hrda_detail_crop,
+        attention_channels=method.hrda_attention_channels,
+        attention_classwise=method.hrda_attention_classwise,
+        slide_stride=method.hrda_slide_stride,
+        batched_slide=method.hrda_batched_slide,
+        dropout=cfg.dropout,
+    )

@@ -32,7 +32,7 @@ from uda_data.errors import DataError
 from uda_data.rcs import RareClassSampler
 from uda_methods.config import RunConfig
 from uda_methods.presets import preset
-from uda_methods.registry import build_model, method_class
+from uda_methods.registry import build_method_model, method_class
 
 SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
 
@@ -59,7 +59,7 @@ def with_plugins(cfg: RunConfig) -> RunConfig:
 
 def build_full_model(cfg: RunConfig, plugins: dict[str, Plugin]) -> torch.nn.Module:
     """The segmentation network with each plugin's head attached."""
-    model = build_model(cfg.model, NUM_CLASSES)
+    model = build_method_model(cfg.model, cfg.method, NUM_CLASSES)
     for name, plugin in plugins.items():
         head = plugin.build_head(model.decoder.channels, NUM_CLASSES)
         if head is not None:
@@ -115,7 +115,7 @@ def train_batches(cfg: RunConfig, run_data: RunData):
             run_data.source,
             source_pipeline(data),
             run_data.target,
-            target_pipeline(data),
+            target_pipeline(data, margins=cfg.method.multi_resolution),
             seed=cfg.runtime.seed,
             rank=rank,
             source_sampler=run_data.sampler,

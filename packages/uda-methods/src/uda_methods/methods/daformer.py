@@ -24,8 +24,10 @@ from uda_core.ema import EMATeacher
 from uda_core.losses import downscale_label_ratio, feature_distance, seg_cross_entropy
 from uda_core.method import Method, UDABatch
 from uda_core.mixing import class_mix_masks, mix
+from uda_core.model import SegOutput
 from uda_core.pseudo_label import ignore_rows, pseudo_labels
 from uda_methods.methods.hooks import (
+    Batch,
     add_source_targets,
     add_target_targets,
     adjust_weights,
@@ -50,20 +52,25 @@ class DACS(Method):
             self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
-        cfg, logs = self.cfg, {}
-
-        # 1. source
         source = add_source_targets(self.plugins, batch.source)
-        out_src = self.model(source["image"])
-        losses = {"src.seg": seg_cross_entropy(out_src.logits, source["label"])}
-        if self.imagenet_encoder is not None:
-            losses["src.feat_dist"] = cfg.fd_lambda * self._feature_distance(out_src, source)
-        losses |= plugin_losses(self.plugins, out_src, source, None, prefix="src.")
-        self.accelerator.backward(sum(losses.values()))
-        logs |= {k: v.item() for k, v in losses.items()}
+        logs = self._source_step(source)
+        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
+        logs |= self._mixed_step(source, target)
+        return logs
 
-        # 2. target pseudo-labels
-        target = dict(batch.target)
+    def _source_step(self, source: Batch) -> dict[str, float]:
+        """1. Supervised loss (+ feature distance, + plugin losses) on the source; backward."""
+        losses, output = self._student_losses(source, None, prefix="src.")
+        if self.imagenet_encoder is not None:
+            losses["src.feat_dist"] = self.cfg.fd_lambda * self._feature_distance(output, source)
+        self.accelerator.backward(sum(losses.values()))
+        return {k: v.item() for k, v in losses.items()}
+
+    def _pseudo_label(self, target: Batch) -> tuple[Batch, float]:
+        """2. The target with the teacher's pseudo-labels, their pixel weights (margins and
+        plugin adjustments applied) and the plugins' target-side dense targets; and the mean
+        share of confident pixels."""
+        cfg, target = self.cfg, dict(target)
         self.teacher.train(self.model.training)
         teacher_logits = self.teacher(target["image"]).logits
         teacher_logits = F.interpolate(
@@ -76,37 +83,49 @@ class DACS(Method):
         weight = adjust_weights(self.plugins, target, pseudo.label, weight)
         target = add_target_targets(self.plugins, target, pseudo.label)
         target["label"], target["weight"] = pseudo.label, weight
-        source["weight"] = torch.ones_like(weight)
+        return target, pseudo.weight[:, 0, 0].mean().item()
 
-        # 3. ClassMix over the image and every dense map both sides have, then augmentation
+    def _mixed_step(self, source: Batch, target: Batch) -> dict[str, float]:
+        """3-4. ClassMix over the image and every dense map both sides have, strong
+        augmentation, pixel-weighted loss (+ plugin losses) on the mixed batch; backward."""
+        cfg = self.cfg
+        source = source | {"weight": torch.ones_like(target["weight"])}
         mask = class_mix_masks(source["label"])
         mixed = {k: mix(mask, source[k], target[k]) for k in source.keys() & target.keys()}
         mixed["image"] = strong_augment(
             mixed["image"], cfg.color_jitter_strength, cfg.color_jitter_p, cfg.blur
         )
-
-        # 4. mixed
-        out_mix = self.model(mixed["image"])
-        losses = {"mix.seg": seg_cross_entropy(out_mix.logits, mixed["label"], mixed["weight"])}
-        losses |= plugin_losses(self.plugins, out_mix, mixed, mixed["weight"], prefix="mix.")
+        losses, out_mix = self._student_losses(mixed, mixed["weight"], prefix="mix.")
         self.accelerator.backward(sum(losses.values()))
-        logs |= {k: v.item() for k, v in losses.items()}
-        logs["pseudo_weight"] = pseudo.weight[:, 0, 0].mean().item()
-
+        logs = {k: v.item() for k, v in losses.items()}
         if self.debug:
             self.panels = self._panels(source, target, mixed, out_mix)
         return logs
+
+    def _student_losses(
+        self, batch: Batch, pixel_weight: torch.Tensor | None, prefix: str
+    ) -> tuple[dict[str, torch.Tensor], SegOutput]:
+        """The student on ``batch["image"]``: (pixel-weighted) segmentation loss and plugin
+        losses against the batch's label and dense maps."""
+        output = self.model(batch["image"])
+        losses = {f"{prefix}seg": seg_cross_entropy(output.logits, batch["label"], pixel_weight)}
+        losses |= plugin_losses(self.plugins, output, batch, pixel_weight, prefix=prefix)
+        return losses, output
 
     def _feature_distance(self, output, source) -> torch.Tensor:
         """Distance of the student's bottleneck features to the frozen ImageNet encoder's, on
         cells where thing classes cover at least ``fd_min_ratio``."""
         with torch.no_grad():
-            reference = self.imagenet_encoder(source["image"])[-1]
+            reference = self.imagenet_encoder(self._feature_distance_input(source["image"]))[-1]
         features = output.encoder_features[-1]
         factor = source["label"].shape[-1] // features.shape[-1]
         cells = downscale_label_ratio(source["label"], factor, self.cfg.fd_min_ratio, NUM_CLASSES)
         classes = torch.tensor(self.cfg.fd_classes, device=cells.device)
         return feature_distance(features, reference, torch.isin(cells, classes))
+
+    def _feature_distance_input(self, image: torch.Tensor) -> torch.Tensor:
+        """The image the frozen ImageNet encoder sees, at the student's feature resolution."""
+        return image
 
     def _panels(self, source, target, mixed, out_mix) -> dict[str, torch.Tensor]:
         panels = {
