@@ -224,3 +224,30 @@ def test_daformer_preset_validates_on_data_in_the_real_layouts(synthetic_root):
     result = uda(*args)
     assert result.exit_code == 0, result.output
     assert '"encoder": "mit_b5"' in result.output and '"iterations": 40000' in result.output
+
+
+def test_quick_mit_profile_trains_daformer_with_feature_distance(tmp_path, synthetic_root):
+    pairs = tiny_overrides(tmp_path, 2)[1::2]
+    sets = [a for p in pairs if not p.startswith("model.") for a in ("--set", p)]
+    result = uda(
+        "train",
+        "--preset",
+        "quick-mit",
+        "--method",
+        "daformer",
+        "--name",
+        "mit",
+        "--set",
+        "method.fd_lambda=0.005",
+        "--set",
+        f"method.fd_classes={list(range(19))}",
+        *sets,
+    )
+    assert result.exit_code == 0, result.output
+    records = [
+        json.loads(line) for line in (tmp_path / "mit" / "metrics.jsonl").read_text().splitlines()
+    ]
+    distances = [r["src.feat_dist"] for r in records if "src.seg" in r]
+    assert len(distances) == 2 and all(d > 0 for d in distances)
+    config = json.loads((tmp_path / "mit" / "config.json").read_text())
+    assert config["model"]["encoder"] == "mit_b0" and config["model"]["decoder"] == "daformer"
