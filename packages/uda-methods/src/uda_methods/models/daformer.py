@@ -62,6 +62,25 @@ class SeparableASPP(nn.Module):
         return self.bottleneck(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
+class LevelEmbedding(nn.Module):
+    """Each encoder level embedded to ``channels`` by a linear layer, upsampled to the finest
+    level and concatenated (len(in_channels) x channels wide)."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(c, channels) for c in in_channels)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        levels = []
+        for embed, f in zip(self.layers, features, strict=True):
+            x = embed(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+            levels.append(x)
+        return torch.cat(levels, dim=1)
+
+
 class DAFormerDecoder(Decoder):
     """Linear embedding per level, upsample to the finest level, concatenate, separable ASPP."""
 
@@ -75,20 +94,13 @@ class DAFormerDecoder(Decoder):
     ) -> None:
         super().__init__()
         self.channels = channels
-        self.embed = nn.ModuleList(nn.Linear(c, channels) for c in in_channels)
+        self.embed = LevelEmbedding(in_channels, channels)
         self.aspp = SeparableASPP(len(in_channels) * channels, channels, dilations)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        levels = []
-        for embed, f in zip(self.embed, features, strict=True):
-            x = embed(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size, mode="bilinear", align_corners=False)
-            levels.append(x)
-        return self.aspp(torch.cat(levels, dim=1))
+        return self.aspp(self.embed(features))
 
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(fused))

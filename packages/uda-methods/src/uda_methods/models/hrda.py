@@ -25,7 +25,7 @@ from torch import nn
 
 from uda_core.evaluation import slide_average
 from uda_core.model import SegOutput
-from uda_methods.models.daformer import ConvBNReLU
+from uda_methods.models.daformer import ConvBNReLU, LevelEmbedding
 from uda_methods.models.segmenter import Segmenter
 
 
@@ -96,18 +96,13 @@ class ScaleAttentionHead(nn.Module):
         self, in_channels: list[int], out_channels: int, channels: int = 256, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.embed = nn.ModuleList(nn.Linear(c, channels) for c in in_channels)
+        self.embed = LevelEmbedding(in_channels, channels)
         self.fuse = ConvBNReLU(len(in_channels) * channels, channels, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        levels = []
-        for embed, f in zip(self.embed, features, strict=True):
-            x = embed(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            levels.append(F.interpolate(x, size, mode="bilinear", align_corners=False))
-        fused = self.fuse(torch.cat(levels, dim=1))
+        fused = self.fuse(self.embed(features))
         return torch.sigmoid(self.classifier(self.dropout(fused)))
 
 
