@@ -171,7 +171,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 
 def test_daformer_decoder_follows_the_published_design():
     decoder = DAFormerDecoder([64, 128, 320, 512], num_classes=19)
-    assert [(e.in_features, e.out_features) for e in decoder.embed.layers] == [
+    assert [(e.in_features, e.out_features) for e in decoder.embed] == [
         (64, 256),
         (128, 256),
         (320, 256),

@@ -62,18 +62,17 @@ class SeparableASPP(nn.Module):
         return self.bottleneck(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
-class LevelEmbedding(nn.Module):
+class LevelEmbedding(nn.ModuleList):
     """Each encoder level embedded to ``channels`` by a linear layer, upsampled to the finest
     level and concatenated (len(in_channels) x channels wide)."""
 
     def __init__(self, in_channels: list[int], channels: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(c, channels) for c in in_channels)
+        super().__init__(nn.Linear(c, channels) for c in in_channels)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
         levels = []
-        for embed, f in zip(self.layers, features, strict=True):
+        for embed, f in zip(self, features, strict=True):
             x = embed(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size, mode="bilinear", align_corners=False)
