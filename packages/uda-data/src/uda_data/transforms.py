@@ -132,10 +132,3 @@ def to_tensors(sample: Sample) -> dict[str, torch.Tensor]:
         tensor = torch.from_numpy(np.ascontiguousarray(value))
         out[key] = tensor.long() if key == "label" else tensor.float()
     return out
-
-
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """Back to 0..255 RGB floats (for debug pictures)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(-1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(-1, 3, 1, 1)
-    return image * std + mean
