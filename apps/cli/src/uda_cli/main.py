@@ -18,6 +18,7 @@ from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
 from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
 from uda_data.classes import colorize
+from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
 from uda_methods.run import (
     check_names,
@@ -130,15 +131,16 @@ def train_command(
         flags["plugins"] = {name: {} for name in plugin}
     overrides = list(set_ or [])
     cfg = resolve_config(preset, config, flags, overrides)
-    checkpoint = None
+    checkpoint, state = None, None
     if resume is not None:
         checkpoint = checkpoint_to_resume(resume, cfg.runtime.work_dir)
-        cfg = config_of_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
+        state = load_checkpoint(checkpoint)
+        cfg = config_of_checkpoint(state, checkpoint, overrides)
     check_names(cfg)
     if dry_run:
         _dry_run(cfg, checkpoint)
         return
-    train(cfg, checkpoint, console)
+    train(cfg, checkpoint, console, state)
 
 
 def _dry_run(cfg, checkpoint: Path | None) -> None:
@@ -158,7 +160,7 @@ def _dry_run(cfg, checkpoint: Path | None) -> None:
 
 
 def _synthetic_ready(cfg) -> bool:
-    return (cfg.data.synthetic_root() / "synth.json").is_file()
+    return is_complete(cfg.data.synthetic_root(), cfg.data.synthetic)
 
 
 @app.command("eval")

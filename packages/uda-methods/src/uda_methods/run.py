@@ -172,12 +172,15 @@ def config_of_checkpoint(state: dict[str, Any], path: Path, overrides: list[str]
 
 
 def train(
-    cfg: RunConfig, resume: Path | None = None, console: Console | None = None
+    cfg: RunConfig,
+    resume: Path | None = None,
+    console: Console | None = None,
+    state: dict[str, Any] | None = None,
 ) -> TrainResult:
-    state = None
+    """Train ``cfg``; with ``resume``, continue that checkpoint (``state``: its loaded content)."""
     run_dir = run_dir_for(cfg)
     if resume is not None:
-        state = load_checkpoint(resume)
+        state = state if state is not None else load_checkpoint(resume)
         run_dir = resume.parent.parent
     elif run_dir.exists() and any(run_dir.glob("checkpoints/*.pt")):
         raise UdaError(
