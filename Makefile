@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEV ?= 'pytest>=8' 'hypothesis>=6' 'ruff>=0.6' 'tensorboard>=2.14'
+TRAIN ?= --method mic --plugin dispersion
 PACKAGES := packages/uda-core packages/uda-data packages/uda-methods packages/uda-dispersion apps/cli
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -20,7 +21,7 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) Makefile
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/uda train $(ARGS)
+	$(BIN)/uda train $(TRAIN) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

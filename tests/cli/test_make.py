@@ -16,7 +16,8 @@ def test_make_train_runs_the_main_job(tmp_path, synthetic_root):
     venv = Path(sys.prefix)
     if not (venv / ".installed").exists():
         pytest.skip("needs the environment that `make setup` created")
-    args = shlex.join(["--name", "make", *tiny_overrides(tmp_path, 2)])
+    tiny_aux = ["--set", "plugins.dispersion.auxiliary.iterations=2"]
+    args = shlex.join(["--name", "make", *tiny_overrides(tmp_path, 2), *tiny_aux])
     result = subprocess.run(
         ["make", "-C", str(ROOT), "train", f"VENV={venv}", f"ARGS={args}"],
         capture_output=True,
@@ -24,4 +25,5 @@ def test_make_train_runs_the_main_job(tmp_path, synthetic_root):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "target mIoU" in result.stdout
+    assert "pre-training one on the source" in result.stdout  # mic + dispersion by default
     assert (tmp_path / "make" / "checkpoints" / "iter_000002.pt").is_file()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.test_readmes import python_blocks
+
 PACKAGE = Path(__file__).parents[2] / "packages" / "uda-dispersion"
 
 SMOKE = textwrap.dedent(
@@ -93,5 +95,11 @@ def test_pip_install_into_a_fresh_venv_holding_only_torch(tmp_path):
     )
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     assert "smoke ok" in smoke.stdout
+    # the README's examples, the method's parts in a plain training step included
+    for n, block in enumerate(python_blocks(PACKAGE / "README.md")):
+        example = subprocess.run(
+            [python, "-c", block], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert example.returncode == 0, f"README example {n}:\n{example.stderr}"
     if shutil.which("nvcc"):
         assert "cuda built: True" in smoke.stdout, "nvcc is on PATH: the CUDA backend must build"

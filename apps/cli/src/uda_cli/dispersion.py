@@ -10,10 +10,17 @@ import numpy as np
 import typer
 from PIL import Image, UnidentifiedImageError
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 
-from uda_cli.errors import fail
+from uda_cli.errors import fail, friendly_errors
+from uda_core.errors import UdaError
+from uda_core.plugin import load_plugin
+from uda_data.config import open_folder
 from uda_data.depth import decode_depth_anything
+from uda_data.errors import DataError
 from uda_dispersion import instances
+from uda_methods.presets import DEFAULT_PRESET, PRESETS
+from uda_methods.run import prepare_context, resolve_config
 
 app = typer.Typer(
     help="Compute and look at instance directional dispersion maps.", no_args_is_help=True
@@ -174,3 +181,64 @@ def _read_depth(path: Path, encoding: str) -> np.ndarray:
             )
         return decode_depth_anything(pixels)
     return pixels.astype(np.float32)
+
+
+@app.command("pretrain")
+@friendly_errors
+def pretrain_command(
+    preset: Annotated[
+        str, typer.Option(help=f"Run config whose data to use: {', '.join(sorted(PRESETS))}.")
+    ] = DEFAULT_PRESET,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML, TOML or JSON file merged over the preset.")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iters", min=1, help="Pre-training iterations.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any field: --set data.source.root=data/gta."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint to write (default: the cache that training looks in)."),
+    ] = None,
+) -> None:
+    """Pre-train the auxiliary network on the source: labels from (depth, dispersion).
+
+    Resumes a killed run from its last checkpoint. Training with the same data and plugin
+    settings then uses the network; elsewhere set plugins.dispersion.auxiliary.checkpoint.
+    """
+    overrides = list(set_ or [])
+    if iterations is not None:
+        overrides.append(f"plugins.dispersion.auxiliary.iterations={iterations}")
+    cfg = resolve_config(preset, config, {"plugins": {"dispersion": {}}}, overrides)
+    plugin = load_plugin("dispersion", cfg.plugins["dispersion"])
+    data = cfg.data
+    try:
+        source = open_folder(
+            data, data.source, with_labels=True, with_depth=True, progress=_synth_progress
+        )
+        with Progress(
+            *Progress.get_default_columns(), MofNCompleteColumn(), console=console
+        ) as bar:
+            task = bar.add_task("auxiliary network", total=plugin.pretrain_settings().iterations)
+
+            def progress(done: int, total: int, loss: float) -> None:
+                bar.update(task, completed=done, description=f"auxiliary network, loss {loss:.3f}")
+
+            context = prepare_context(cfg, source, console.print, progress)
+            path = out or plugin.cache_path(context)
+            if path.exists():
+                raise UdaError(f"{path} already exists; remove it or pass --out elsewhere")
+            plugin.pretrain(context, path)
+    except DataError as exc:
+        raise UdaError(str(exc)) from None
+    console.print(f"saved {path}")
+    if out is not None:
+        console.print(f"use it with --set plugins.dispersion.auxiliary.checkpoint={path}")
+
+
+def _synth_progress(done: int, total: int) -> None:
+    if done == total or done % 100 == 0:
+        console.print(f"generating the embedded synthetic domains: {done}/{total}")

@@ -16,17 +16,24 @@ Where each hook runs in one self-training iteration:
    source batch under the names in ``dense_targets``.
 2. The student runs with the plugin's head attached (``build_head``); ``losses`` adds terms
    on the head's outputs and the source targets.
-3. The teacher predicts pseudo-labels on the target; ``adjust_weights`` changes their
-   pixel-weight map; ``target_targets`` derives dense targets from the pseudo-labels.
+3. The teacher predicts pseudo-labels on the target; ``target_targets`` derives dense
+   targets from them; ``adjust_weights`` then changes their pixel-weight map (the target
+   batch it gets holds those dense targets).
 4. The core crops, mixes (ClassMix) and masks those targets exactly like labels, each with
    its own ignore value; ``losses`` runs again on the mixed (and masked) batches.
 5. ``state_dict`` is checkpointed; ``debug_panels`` adds pictures to the debug images.
+
+Two hooks are optional: ``prepare(context)`` runs once before training (on the main process
+first) with a ``PrepareContext``, for plugins that need a component of their own trained or
+loaded (dispersion's auxiliary network); ``log_values()`` adds scalars to each iteration's log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -103,6 +110,24 @@ class Plugin(Protocol):
         self, batch: Mapping[str, torch.Tensor], output: SegOutput
     ) -> dict[str, torch.Tensor]:
         """Pictures for the debug image: B x H x W maps or B x 3 x H x W images, by title."""
+
+
+@dataclass
+class PrepareContext:
+    """What the run offers a plugin's ``prepare`` hook: data streams, a cache and a device."""
+
+    source_batches: Callable[[int, int, int], Iterator[dict[str, torch.Tensor]]]
+    """``(batch_size, start, stop)``: labelled source batches (``image``, ``label`` and the
+    inputs the plugin needs) for iterations ``start`` to ``stop``, the same on every call."""
+    val_batches: Callable[[], Iterable[dict[str, torch.Tensor]]]
+    """Labelled target validation batches, ``label`` at the size of the other maps."""
+    cache_dir: Path
+    data_key: str
+    """Identifies the datasets and transforms behind the streams, for cache keys."""
+    device: torch.device
+    log: Callable[[str], None]
+    progress: Callable[[int, int, float], None] | None = None
+    """``(done, total, loss)`` after each step of a long preparation."""
 
 
 def available_plugins() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from rich.console import Console
 
 from uda_core.checkpoint import find_latest, load_checkpoint
@@ -17,7 +19,7 @@ from uda_core.engine import Trainer, TrainResult, load_model_weights
 from uda_core.errors import UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.method import UDABatch
-from uda_core.plugin import Plugin, load_plugins
+from uda_core.plugin import Plugin, PrepareContext, load_plugins
 from uda_data.classes import CLASSES, NUM_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
 from uda_data.config import (
     DataConfig,
@@ -30,8 +32,9 @@ from uda_data.config import (
 from uda_data.datasets import SegmentationFolder, UDATrainSet
 from uda_data.errors import DataError
 from uda_data.rcs import RareClassSampler
+from uda_data.transforms import resize, to_tensors
 from uda_methods.config import RunConfig
-from uda_methods.presets import preset
+from uda_methods.presets import plugin_profile, preset
 from uda_methods.registry import build_method_model, method_class
 
 SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
@@ -40,12 +43,18 @@ SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
 def resolve_config(
     preset_name: str, config_file: Path | None, flags: dict[str, Any], overrides: list[str]
 ) -> RunConfig:
-    """Preset, then the config file, then CLI flags, then ``--set`` overrides; validated."""
-    data = preset(preset_name).model_dump(mode="json")
-    if config_file is not None:
-        data = merge(data, load_config_file(config_file))
-    data = merge(data, flags)
-    return with_plugins(validate(RunConfig, apply_overrides(data, overrides)))
+    """Preset, then the preset's profile for the enabled plugins, then the config file, then
+    CLI flags, then ``--set`` overrides; validated."""
+    base = preset(preset_name).model_dump(mode="json")
+
+    def layered(data: dict[str, Any]) -> dict[str, Any]:
+        if config_file is not None:
+            data = merge(data, load_config_file(config_file))
+        return apply_overrides(merge(data, flags), overrides)
+
+    enabled = list(layered(base).get("plugins") or {})
+    data = layered(merge(base, plugin_profile(preset_name, enabled)))
+    return with_plugins(validate(RunConfig, data))
 
 
 def with_plugins(cfg: RunConfig) -> RunConfig:
@@ -138,6 +147,88 @@ def train_batches(cfg: RunConfig, run_data: RunData):
     return batches
 
 
+class _ResizedSet(torch.utils.data.Dataset):
+    """Every map of each sample (labels included, nearest) resized to ``size``."""
+
+    def __init__(self, folder: SegmentationFolder, size: tuple[int, int] | None) -> None:
+        self.folder, self.size = folder, size
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.folder.load(index)
+        return to_tensors(resize(sample, self.size) if self.size else sample)
+
+
+def prepare_context(
+    cfg: RunConfig, source: SegmentationFolder, log, progress=None
+) -> PrepareContext:
+    """Source and target-val streams of the run for plugins' ``prepare`` hooks."""
+    data = cfg.data
+
+    def source_batches(batch_size: int, start: int, stop: int) -> Iterator[dict]:
+        dataset = UDATrainSet(source, source_pipeline(data), seed=cfg.runtime.seed)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=range(start * batch_size, stop * batch_size),
+            num_workers=data.workers,
+            persistent_workers=False,
+        )
+        for item in loader:
+            yield item["source"]
+
+    def val_batches() -> torch.utils.data.DataLoader:
+        folder = open_folder(data, data.val, with_labels=True, with_depth=data.load_depth)
+        return torch.utils.data.DataLoader(
+            _ResizedSet(folder, data.val_resize), batch_size=cfg.eval.batch_size
+        )
+
+    key = {
+        "source": data.source.model_dump(mode="json"),
+        "val": data.val.model_dump(mode="json"),
+        "sizes": [data.source_resize, data.val_resize, data.crop],
+        "synthetic": data.synthetic.model_dump(mode="json") if data.uses_synthetic() else None,
+        "seed": cfg.runtime.seed,
+    }
+    return PrepareContext(
+        source_batches=source_batches,
+        val_batches=val_batches,
+        cache_dir=data.cache_dir,
+        data_key=json.dumps(key, sort_keys=True),
+        device=PartialState().device,
+        log=log,
+        progress=progress,
+    )
+
+
+def prepare_plugins(
+    cfg: RunConfig, plugins: dict[str, Plugin], source: SegmentationFolder, console=None
+) -> None:
+    """Run each plugin's optional ``prepare`` hook, the main process first (so that it alone
+    trains and caches what the others then load)."""
+    preparing = {n: p for n, p in plugins.items() if hasattr(p, "prepare")}
+    if not preparing:
+        return
+
+    def log(message: str) -> None:
+        if console is not None and PartialState().is_main_process:
+            console.print(message)
+
+    def progress(done: int, total: int, loss: float) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            log(f"  {done}/{total}  loss {loss:.3f}")
+
+    context = prepare_context(cfg, source, log, progress)
+    with PartialState().main_process_first():
+        for name, plugin in preparing.items():
+            try:
+                plugin.prepare(context)
+            except (FileNotFoundError, ValueError) as exc:
+                raise UdaError(f"plugin {name}: {exc}") from None
+
+
 def run_dir_for(cfg: RunConfig) -> Path:
     name = cfg.runtime.name or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.method.name}"
     return cfg.runtime.work_dir / name
@@ -151,6 +242,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None)
     method = method_class(cfg.method.name)
     plugins = load_plugins(cfg.plugins)
     run_data = open_data(cfg, console)
+    prepare_plugins(cfg, plugins, run_data.source, console)
     return Trainer(
         run_dir=run_dir,
         config=cfg.model_dump(mode="json"),

@@ -31,6 +31,7 @@ from uda_methods.methods.hooks import (
     add_source_targets,
     add_target_targets,
     adjust_weights,
+    plugin_logs,
     plugin_losses,
 )
 
@@ -55,6 +56,7 @@ class DACS(Method):
         source = add_source_targets(self.plugins, batch.source)
         logs = self._source_step(source)
         target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
+        logs |= plugin_logs(self.plugins)
         logs |= self._mixed_step(source, target)
         return logs
 
@@ -67,9 +69,9 @@ class DACS(Method):
         return {k: v.item() for k, v in losses.items()}
 
     def _pseudo_label(self, target: Batch) -> tuple[Batch, float]:
-        """2. The target with the teacher's pseudo-labels, their pixel weights (margins and
-        plugin adjustments applied) and the plugins' target-side dense targets; and the mean
-        share of confident pixels."""
+        """2. The target with the teacher's pseudo-labels, the plugins' target-side dense
+        targets and the pixel weights (margins, then plugin adjustments, which may read those
+        targets); and the mean share of confident pixels."""
         cfg, target = self.cfg, dict(target)
         self.teacher.train(self.model.training)
         teacher_logits = self.teacher(target["image"]).logits
@@ -80,8 +82,8 @@ class DACS(Method):
         weight = ignore_rows(pseudo.weight, cfg.pseudo_ignore_top, cfg.pseudo_ignore_bottom)
         if "valid" in target:
             weight = weight * target["valid"]
-        weight = adjust_weights(self.plugins, target, pseudo.label, weight)
         target = add_target_targets(self.plugins, target, pseudo.label)
+        weight = adjust_weights(self.plugins, target, pseudo.label, weight)
         target["label"], target["weight"] = pseudo.label, weight
         return target, pseudo.weight[:, 0, 0].mean().item()
 

@@ -48,3 +48,12 @@ def plugin_losses(
         for key, value in plugin.losses(output, targets, pixel_weight).items():
             losses[f"{prefix}{name}.{key}"] = value
     return losses
+
+
+def plugin_logs(plugins: Mapping[str, Plugin]) -> dict[str, float]:
+    """Scalars from plugins with the optional ``log_values`` hook, prefixed by their names."""
+    logs = {}
+    for name, plugin in plugins.items():
+        if hasattr(plugin, "log_values"):
+            logs |= {f"{name}.{k}": v for k, v in plugin.log_values().items()}
+    return logs

@@ -18,7 +18,7 @@ from __future__ import annotations
 from uda_core.augment import strong_augment
 from uda_core.masking import mask_image
 from uda_core.method import UDABatch
-from uda_methods.methods.hooks import Batch, add_source_targets
+from uda_methods.methods.hooks import Batch, add_source_targets, plugin_logs
 from uda_methods.methods.hrda import HRDA
 
 
@@ -31,6 +31,7 @@ class MIC(HRDA):
         source = add_source_targets(self.plugins, batch.source)
         logs = self._source_step(source)
         target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
+        logs |= plugin_logs(self.plugins)
         logs |= self._mixed_step(source, target)
         logs |= self._masked_step(target)
         return logs

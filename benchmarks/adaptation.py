@@ -1,0 +1,126 @@
+"""Target mIoU of every method, with and without the dispersion plugin, on the embedded domains.
+
+    python benchmarks/adaptation.py [--seeds 0 1 2] [--work-dir benchmarks/runs] [--set k=v ...]
+
+Source-only, DAFormer, HRDA and MIC, and DAFormer, HRDA and MIC with ``--plugin dispersion``,
+each trained with ``uda train`` at the ``quick`` preset (same budget) for each seed. A run
+whose final evaluation is already in its folder is skipped, and an unfinished one resumes,
+so the benchmark can be completed over several invocations (it takes hours on 2 CPU cores).
+The table (mean and spread over the finished seeds, per-class IoU) is printed as Markdown and
+written to ``<work-dir>/adaptation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = [
+    ("source-only", None),
+    ("daformer", None),
+    ("hrda", None),
+    ("mic", None),
+    ("daformer", "dispersion"),
+    ("hrda", "dispersion"),
+    ("mic", "dispersion"),
+]
+UDA = Path(sys.executable).with_name("uda")
+
+
+def run_name(method: str, plugin: str | None, seed: int) -> str:
+    return f"{method}{'+' + plugin if plugin else ''}-s{seed}"
+
+
+def final_eval(run_dir: Path) -> dict | None:
+    """The last evaluation of a finished run (None while it is unfinished)."""
+    metrics, config = run_dir / "metrics.jsonl", run_dir / "config.json"
+    if not metrics.exists() or not config.exists():
+        return None
+    total = json.loads(config.read_text())["runtime"]["iterations"]
+    for line in reversed(metrics.read_text().splitlines()):
+        record = json.loads(line)
+        if record.get("split") == "val" and record["iteration"] == total:
+            return record
+    return None
+
+
+def train(method: str, plugin: str | None, seed: int, work_dir: Path, sets: list[str]) -> None:
+    name = run_name(method, plugin, seed)
+    command = [str(UDA), "train", "--method", method, "--seed", str(seed)]
+    command += ["--work-dir", str(work_dir), "--name", name]
+    command += ["--plugin", plugin] if plugin else []
+    for item in sets:
+        command += ["--set", item]
+    if any((work_dir / name / "checkpoints").glob("iter_*.pt")):
+        command += ["--resume", str(max((work_dir / name / "checkpoints").glob("iter_*.pt")))]
+    start = time.perf_counter()
+    log = work_dir / f"{name}.log"
+    with log.open("a") as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
+    print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def summarize(work_dir: Path, seeds: list[int]) -> dict:
+    rows = {}
+    for method, plugin in RUNS:
+        evals = {s: final_eval(work_dir / run_name(method, plugin, s)) for s in seeds}
+        done = {s: e for s, e in evals.items() if e is not None}
+        if not done:
+            continue
+        mious = [100 * e["mIoU"] for e in done.values()]
+        classes = next(iter(done.values()))["IoU"]
+        rows[run_name(method, plugin, 0)[:-3]] = {
+            "seeds": sorted(done),
+            "mIoU": mious,
+            "mean": statistics.fmean(mious),
+            "std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
+            "IoU": {
+                c: statistics.fmean(100 * (e["IoU"][c] or 0) for e in done.values())
+                for c in classes
+            },
+        }
+    return rows
+
+
+def markdown(rows: dict) -> str:
+    lines = ["| run | seeds | target mIoU (mean ± std) | per seed |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        per_seed = ", ".join(f"{m:.2f}" for m in row["mIoU"])
+        lines.append(
+            f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} ± {row['std']:.2f} | {per_seed} |"
+        )
+    if rows:
+        classes = list(next(iter(rows.values()))["IoU"])
+        lines += ["", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(
+                f"| {name} | " + " | ".join(f"{v:.1f}" for v in row["IoU"].values()) + " |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/runs"))
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--summary-only", action="store_true", help="Train nothing.")
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        for seed in args.seeds:
+            for method, plugin in RUNS:
+                if final_eval(args.work_dir / run_name(method, plugin, seed)) is None:
+                    train(method, plugin, seed, args.work_dir, args.sets)
+    rows = summarize(args.work_dir, args.seeds)
+    (args.work_dir / "adaptation.json").write_text(json.dumps(rows, indent=2))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
