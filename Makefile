@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-DEV ?= 'pytest>=8' 'hypothesis>=6' 'ruff>=0.6' 'tensorboard>=2.14'
+DEV ?= 'pytest>=8' 'hypothesis>=6' 'ruff>=0.6' 'tensorboard>=2.14' 'transformers>=4.45'
 TRAIN ?= --method mic --plugin dispersion
 PACKAGES := packages/uda-core packages/uda-data packages/uda-methods packages/uda-dispersion apps/cli
 BIN := $(VENV)/bin

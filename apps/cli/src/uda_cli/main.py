@@ -16,6 +16,7 @@ from uda_cli import __version__
 from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
+from uda_cli.predict import predict_command
 from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
 from uda_data.classes import colorize
 from uda_data.synthetic import is_complete
@@ -41,6 +42,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(dispersion_app, name="dispersion")
+app.command("predict")(predict_command)
 console = Console(highlight=False, soft_wrap=True)
 
 

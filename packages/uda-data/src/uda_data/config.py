@@ -5,18 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from uda_data.datasets import (
-    EvalSet,
-    SegmentationFolder,
-    TrainPipeline,
-    cityscapes_folder,
-    gta_folder,
-)
+from uda_data.datasets import EvalSet, SegmentationFolder, TrainPipeline, open_layout
 from uda_data.depth import DepthEncoding
+from uda_data.layouts import LAYOUTS, LayoutName
 from uda_data.rcs import Progress, RareClassSampler, class_stats_path, load_or_compute
 from uda_data.synthetic import SynthSpec, ensure_synthetic
 
@@ -35,7 +29,9 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     """One dataset split on disk."""
 
-    layout: Literal["gta", "cityscapes"] = Field(description="Directory layout of the release.")
+    layout: LayoutName = Field(
+        description="Directory layout of the release: gta, synthia or cityscapes."
+    )
     root: str = Field(
         min_length=1,
         description="Dataset root; '@synthetic/source' or '@synthetic/target': embedded domains.",
@@ -126,16 +122,9 @@ class DataConfig(_Section):
 def open_folder(
     data: DataConfig, which: DatasetConfig, *, with_labels: bool, with_depth: bool, progress=None
 ) -> SegmentationFolder:
-    root = data.resolve_root(which, progress)
-    if which.layout == "gta":
-        return gta_folder(
-            root,
-            with_labels=with_labels,
-            with_depth=with_depth,
-            depth_encoding=which.depth_encoding,
-        )
-    return cityscapes_folder(
-        root,
+    return open_layout(
+        which.layout,
+        data.resolve_root(which, progress),
         which.split,
         with_labels=with_labels,
         with_depth=with_depth,
@@ -153,7 +142,7 @@ def source_sampler(
     source = data.source
     path = class_stats_path(
         data.resolve_root(source),
-        source.split if source.layout == "cityscapes" else None,
+        source.split if LAYOUTS[source.layout].has_splits else None,
         data.cache_dir,
     )
     stats = load_or_compute(folder, path, progress, workers=max(data.workers, 1))

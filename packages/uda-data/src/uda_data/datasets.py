@@ -1,11 +1,8 @@
 """Datasets in the layouts of the real releases, and the views training and evaluation use.
 
-- GTA layout: ``images/NAME.png``, ``labels/NAME_labelTrainIds.png``, ``depth/NAME.png``.
-- Cityscapes layout: ``leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png``,
-  ``gtFine/SPLIT/CITY/NAME_gtFine_labelTrainIds.png``, ``depth/SPLIT/CITY/NAME_leftImg8bit.png``.
-
-Labels are trainId PNGs (run ``uda data convert`` on the original releases). Depth is read only
-when asked for.
+The layouts (GTA, Synthia, Cityscapes) are described in ``uda_data.layouts``. Labels are
+trainId PNGs (run ``uda data convert`` on the original releases). Depth is read only when
+asked for.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ from PIL import Image
 from uda_data.classes import IGNORE_INDEX, NUM_CLASSES
 from uda_data.depth import DepthEncoding, decode_depth_anything
 from uda_data.errors import DataError
+from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Layout
 from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
 
 if TYPE_CHECKING:
@@ -69,11 +67,14 @@ def read_depth(path: Path, encoding: DepthEncoding) -> np.ndarray:
         raw = _read_png(path)
         if raw.ndim == 3:
             raw = raw[..., 0]
+        expected = np.uint8 if encoding == "depth_anything_png" else np.uint16
+        if raw.dtype != expected:
+            bits = 8 * np.dtype(expected).itemsize
+            raise DataError(
+                f"{path}: {encoding} depth is a {bits}-bit PNG, this one holds {raw.dtype};"
+                " set depth_encoding to how the maps were written"
+            )
         if encoding == "depth_anything_png":
-            if raw.dtype != np.uint8:
-                raise DataError(
-                    f"{path}: expected an 8-bit depth PNG, got {raw.dtype}; set depth_encoding"
-                )
             depth = decode_depth_anything(raw)
         else:
             depth = raw.astype(np.float32) / 1000.0
@@ -153,63 +154,48 @@ def _pair(
     return items
 
 
-def gta_folder(
+def open_layout(
+    layout: Layout | str,
     root: Path,
+    split: str | None = None,
     *,
     with_labels: bool = True,
     with_depth: bool = False,
     depth_encoding: DepthEncoding = "depth_anything_png",
 ) -> SegmentationFolder:
-    """A dataset in the GTA5 layout."""
+    """A dataset (one split of it, for Cityscapes) in one of the release layouts."""
+    layout = LAYOUTS[layout] if isinstance(layout, str) else layout
     root = Path(root)
-    images = sorted(_require_dir(root / "images", "GTA layout").glob("*.png"))
+    split = split if layout.has_splits else None
+    what = f"{layout.title} layout"
+    _require_dir(layout.image_dir(root, split), what)
     if with_labels:
-        _require_dir(root / "labels", "GTA layout")
-    suffix = ".npy" if depth_encoding == "float_npy" else ".png"
+        _require_dir(layout.label_dir(root, split), what)
+    name = f"{what} at {root}" + (f" ({split})" if split else "")
     items = _pair(
-        images,
-        lambda p: root / "labels" / f"{p.stem}_labelTrainIds.png",
-        lambda p: root / "depth" / f"{p.stem}{suffix}",
-        f"GTA layout at {root}",
+        layout.find_images(root, split),
+        lambda p: layout.label_of(root, split, p),
+        lambda p: layout.depth_of(root, split, p, depth_encoding),
+        name,
         with_labels,
         with_depth,
     )
-    return SegmentationFolder(f"GTA layout at {root}", items, depth_encoding)
+    return SegmentationFolder(name, items, depth_encoding)
 
 
-def cityscapes_folder(
-    root: Path,
-    split: str,
-    *,
-    with_labels: bool = True,
-    with_depth: bool = False,
-    depth_encoding: DepthEncoding = "depth_anything_png",
-) -> SegmentationFolder:
-    """A split of a dataset in the Cityscapes layout."""
-    root = Path(root)
-    image_root = _require_dir(root / "leftImg8bit" / split, "Cityscapes layout")
-    images = sorted(image_root.glob("*/*_leftImg8bit.png"))
-    if with_labels:
-        _require_dir(root / "gtFine" / split, "Cityscapes layout")
-    suffix = ".npy" if depth_encoding == "float_npy" else ".png"
+def gta_folder(root: Path, **options) -> SegmentationFolder:
+    """A dataset in the GTA layout (options: those of ``open_layout``)."""
+    return open_layout(GTA, root, **options)
 
-    def label_of(p: Path) -> Path:
-        base = p.name.removesuffix("_leftImg8bit.png")
-        return root / "gtFine" / split / p.parent.name / f"{base}_gtFine_labelTrainIds.png"
 
-    def depth_of(p: Path) -> Path:
-        return (
-            root
-            / "depth"
-            / split
-            / p.parent.name
-            / (p.name if suffix == ".png" else f"{p.stem}{suffix}")
-        )
+def synthia_folder(root: Path, **options) -> SegmentationFolder:
+    """A dataset in the Synthia RAND-CITYSCAPES layout (options: those of ``open_layout``)."""
+    return open_layout(SYNTHIA, root, **options)
 
-    name = f"Cityscapes layout at {root} ({split})"
-    return SegmentationFolder(
-        name, _pair(images, label_of, depth_of, name, with_labels, with_depth), depth_encoding
-    )
+
+def cityscapes_folder(root: Path, split: str, **options) -> SegmentationFolder:
+    """A split of a dataset in the Cityscapes layout (options: those of ``open_layout``)."""
+    return open_layout(CITYSCAPES, root, split, **options)
 
 
 RCS_CROP_TRIES = 10

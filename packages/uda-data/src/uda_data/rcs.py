@@ -20,13 +20,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from uda_data.atomic import write_atomic
 from uda_data.classes import CLASSES, NUM_CLASSES
 from uda_data.datasets import SegmentationFolder, read_label
 from uda_data.errors import DataError
@@ -59,8 +59,6 @@ class ClassStats:
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically (a reader sees the old file or the new one, never half)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         images = [
             {"label": f, "bytes": int(s), "mtime_ns": int(m), "pixels": c.tolist()}
             for f, s, m, c in zip(self.files, self.sizes, self.mtimes, self.counts, strict=True)
@@ -74,12 +72,7 @@ class ClassStats:
             },
             separators=(",", ":"),
         )
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(text + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, lambda f: f.write(f"{text}\n".encode()))
 
     @classmethod
     def load(cls, path: Path) -> ClassStats:
@@ -191,6 +184,26 @@ def load_or_compute(
     stats = ClassStats.load(cache_path)
     stats.check_matches(folder, cache_path)
     return stats
+
+
+def refresh_class_stats(
+    folder: SegmentationFolder,
+    path: Path,
+    progress: Progress | None = None,
+    *,
+    workers: int = 2,
+) -> bool:
+    """Make the statistics at ``path`` those of ``folder``: a file that matches is kept, a
+    missing, corrupt or stale one is recomputed. Returns whether it was recomputed."""
+    path = Path(path)
+    if path.exists():
+        try:
+            ClassStats.load(path).check_matches(folder, path)
+            return False
+        except DataError:
+            pass
+    compute_class_stats(folder, workers=workers, progress=progress).save(path)
+    return True
 
 
 def class_stats_path(root: Path, split: str | None, cache_dir: Path) -> Path:

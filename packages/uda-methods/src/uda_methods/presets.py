@@ -177,12 +177,38 @@ def mic() -> RunConfig:
     return cfg
 
 
+def _from_synthia(cfg: RunConfig, resize: tuple[int, int]) -> RunConfig:
+    """A GTA -> Cityscapes preset with Synthia RAND-CITYSCAPES as the source, resized as the
+    Synthia configs of DAFormer (1280x760) and HRDA/MIC (2560x1520) do."""
+    source = DatasetConfig(layout="synthia", root="data/synthia")
+    cfg.data = cfg.data.model_copy(update={"source": source, "source_resize": resize})
+    return cfg
+
+
+def synthia_daformer() -> RunConfig:
+    """DAFormer on Synthia -> Cityscapes (scored on the 16 Synthia classes, mIoU16)."""
+    return _from_synthia(daformer(), (1280, 760))
+
+
+def synthia_hrda() -> RunConfig:
+    """HRDA on Synthia -> Cityscapes at high resolution."""
+    return _from_synthia(hrda(), (2560, 1520))
+
+
+def synthia_mic() -> RunConfig:
+    """MIC (HRDA) on Synthia -> Cityscapes, seed 2 as ``mic``."""
+    return _from_synthia(mic(), (2560, 1520))
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "quick": quick,
     "quick-mit": quick_mit,
     "gta2cs-daformer": daformer,
     "gta2cs-hrda": hrda,
     "gta2cs-mic": mic,
+    "synthia2cs-daformer": synthia_daformer,
+    "synthia2cs-hrda": synthia_hrda,
+    "synthia2cs-mic": synthia_mic,
     "daformer": daformer,
     "hrda": hrda,
     "mic": mic,
@@ -221,12 +247,20 @@ def _published_dispersion_daformer() -> dict[str, Any]:
     return merge(_published_dispersion(), {"data": {"source_resize": [1024, 512]}})
 
 
+def _published_dispersion_synthia() -> dict[str, Any]:
+    """As ``_published_dispersion`` with Synthia's beta, 0.3."""
+    return merge(_published_dispersion(), {"plugins": {"dispersion": {"beta": 0.3}}})
+
+
 PLUGIN_PROFILES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ("quick", "dispersion"): _quick_dispersion,
     ("quick-mit", "dispersion"): _quick_dispersion,
     ("gta2cs-daformer", "dispersion"): _published_dispersion_daformer,
     ("gta2cs-hrda", "dispersion"): _published_dispersion,
     ("gta2cs-mic", "dispersion"): _published_dispersion,
+    ("synthia2cs-daformer", "dispersion"): _published_dispersion_synthia,
+    ("synthia2cs-hrda", "dispersion"): _published_dispersion_synthia,
+    ("synthia2cs-mic", "dispersion"): _published_dispersion_synthia,
     ("daformer", "dispersion"): _published_dispersion_daformer,
     ("hrda", "dispersion"): _published_dispersion,
     ("mic", "dispersion"): _published_dispersion,

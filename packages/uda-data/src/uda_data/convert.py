@@ -1,0 +1,262 @@
+"""Labels of the releases to the trainIds the loaders read (``uda data convert``).
+
+GTA and Cityscapes label pixels with Cityscapes label ids, mapped to trainIds by the official
+definitions (``cityscapesscripts.helpers.labels``). Synthia labels them with its own class ids,
+in the first channel of 16-bit PNGs (which Pillow cannot read, so they are decoded by
+torchvision), mapped as DAFormer's converter maps them. Ids outside a release's definitions are
+unknown: they become 255 (ignored) and are reported.
+
+Each trainId label is written atomically beside its original, so the conversion is resumable:
+a label whose output exists and is newer is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from cityscapesscripts.helpers.labels import labels as cityscapes_labels
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_png, read_file
+
+from uda_data.atomic import save_png
+from uda_data.classes import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
+from uda_data.errors import DataError
+from uda_data.layouts import Layout, LayoutName
+from uda_data.rcs import Progress
+
+SizeMismatch = Literal["resize", "skip"]
+
+# Synthia RAND-CITYSCAPES class ids, by their names in the release's README.
+SYNTHIA_CLASSES = (
+    "void",
+    "sky",
+    "building",
+    "road",
+    "sidewalk",
+    "fence",
+    "vegetation",
+    "pole",
+    "car",
+    "traffic sign",
+    "pedestrian",
+    "bicycle",
+    "motorcycle",
+    "parking-slot",
+    "road-work",
+    "traffic light",
+    "terrain",
+    "rider",
+    "truck",
+    "bus",
+    "train",
+    "wall",
+    "lanemarking",
+)
+# Synthia classes whose Cityscapes name differs; void, parking-slot, road-work and lanemarking
+# have no Cityscapes class and are ignored.
+_SYNTHIA_AS_CITYSCAPES = {"pedestrian": "person"}
+
+
+@dataclass(frozen=True)
+class IdTable:
+    """A release's class ids to trainIds: ``train_ids[id]``; larger ids are unknown."""
+
+    name: str
+    train_ids: np.ndarray
+
+    def apply(self, ids: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The uint8 trainId map of an id map, and the unknown ids found (mapped to 255)."""
+        known = ids < len(self.train_ids)
+        out = np.full(ids.shape, IGNORE_INDEX, dtype=np.uint8)
+        out[known] = self.train_ids[ids[known]]
+        return out, tuple(int(i) for i in np.unique(ids[~known]))
+
+
+def _cityscapes_table() -> IdTable:
+    train_ids = np.full(max(label.id for label in cityscapes_labels) + 1, IGNORE_INDEX, np.uint8)
+    for label in cityscapes_labels:
+        if label.id >= 0 and 0 <= label.trainId < NUM_CLASSES:
+            train_ids[label.id] = label.trainId
+    return IdTable("Cityscapes label ids", train_ids)
+
+
+def _synthia_table() -> IdTable:
+    names = (_SYNTHIA_AS_CITYSCAPES.get(name, name) for name in SYNTHIA_CLASSES)
+    train_ids = np.array([TRAIN_ID.get(name, IGNORE_INDEX) for name in names], dtype=np.uint8)
+    return IdTable("Synthia class ids", train_ids)
+
+
+CITYSCAPES_IDS = _cityscapes_table()
+SYNTHIA_IDS = _synthia_table()
+ID_TABLES: dict[LayoutName, IdTable] = {
+    "gta": CITYSCAPES_IDS,
+    "synthia": SYNTHIA_IDS,
+    "cityscapes": CITYSCAPES_IDS,
+}
+
+
+def read_ids(path: Path) -> np.ndarray:
+    """The class ids of a label PNG: 8-bit grey or palette indices, 16-bit grey, or the first
+    channel of a 16-bit colour PNG (Synthia)."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode in ("P", "L", "I;16", "I;16B", "I"):
+                return np.array(img)
+        channels = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); replace it from the release"
+        ) from None
+    if channels.dtype == torch.uint8:
+        raise DataError(
+            f"{path}: an 8-bit {mode} picture of colours, not a map of class ids;"
+            " use the label files of the release"
+        )
+    return channels[0].numpy()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); replace it from the release"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """One label to convert: its image (for the size), the original and the trainId file."""
+
+    image: Path
+    label: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    job: LabelJob
+    written: bool
+    error: str | None = None
+    """Why the label could not be converted, naming the file."""
+    unknown_ids: tuple[int, ...] = ()
+    size_mismatch: str | None = None
+    """``label WxH, image WxH`` when the two differ (the label was resized or skipped)."""
+
+
+def convert_label(job: LabelJob, table: IdTable, size_mismatch: SizeMismatch) -> LabelResult:
+    """Map one label to trainIds and write it atomically; problems are returned, not raised."""
+    try:
+        ids = read_ids(job.label)
+        size = _image_size(job.image)
+    except DataError as exc:
+        return LabelResult(job, written=False, error=str(exc))
+    train_ids, unknown = table.apply(ids)
+    label_size = (ids.shape[1], ids.shape[0])
+    mismatch = None
+    if label_size != size:
+        mismatch = f"label {label_size[0]}x{label_size[1]}, image {size[0]}x{size[1]}"
+        if size_mismatch == "skip":
+            return LabelResult(job, False, unknown_ids=unknown, size_mismatch=mismatch)
+        train_ids = np.array(Image.fromarray(train_ids).resize(size, Image.NEAREST))
+    try:
+        save_png(job.output, train_ids)
+    except OSError as exc:
+        return LabelResult(job, False, error=f"{job.output}: cannot be written ({exc.strerror})")
+    return LabelResult(job, True, unknown_ids=unknown, size_mismatch=mismatch)
+
+
+@dataclass
+class ConversionPlan:
+    """What ``convert_labels`` has to do for one dataset, found by looking at its files."""
+
+    layout: Layout
+    root: Path
+    jobs: list[LabelJob] = field(default_factory=list)
+    up_to_date: int = 0
+    """trainId labels newer than their original (or whose original was removed): kept."""
+    missing: list[Path] = field(default_factory=list)
+    """Original labels expected for images that have neither it nor a trainId label."""
+    splits: list[str | None] = field(default_factory=list)
+    """Splits with labels (``[None]`` for a layout without splits)."""
+    skipped_splits: list[str] = field(default_factory=list)
+    """One line per split without labels, saying why it was left out."""
+
+
+def _is_newer(output: Path, original: Path) -> bool:
+    return output.is_file() and output.stat().st_mtime_ns >= original.stat().st_mtime_ns
+
+
+def plan_conversion(root: Path, layout: Layout) -> ConversionPlan:
+    """The labels of a dataset still to convert; a DataError if it holds no labels at all."""
+    root = Path(root)
+    if not (root / layout.images).is_dir():
+        raise DataError(
+            f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
+            " check the dataset root"
+        )
+    plan = ConversionPlan(layout, root)
+    for split in layout.splits(root):
+        if split == "test":
+            plan.skipped_splits.append("test: the test split has no public labels, skipped")
+            continue
+        if not layout.label_dir(root, split).is_dir():
+            where = layout.label_dir(root, split).relative_to(root)
+            name = f"{split}: " if split else ""
+            plan.skipped_splits.append(f"{name}no labels ({where}/ is missing), skipped")
+            continue
+        plan.splits.append(split)
+        for image in layout.find_images(root, split):
+            original = layout.label_of(root, split, image, original=True)
+            output = layout.label_of(root, split, image)
+            if not original.is_file():
+                if output.is_file():
+                    plan.up_to_date += 1
+                else:
+                    plan.missing.append(original)
+            elif _is_newer(output, original):
+                plan.up_to_date += 1
+            else:
+                plan.jobs.append(LabelJob(image, original, output))
+    if not plan.splits:
+        raise DataError(
+            f"{root}: no labels in {layout.labels}/ ({'; '.join(plan.skipped_splits)});"
+            " check the dataset root"
+        )
+    return plan
+
+
+def convert_labels(
+    plan: ConversionPlan,
+    *,
+    nproc: int = 2,
+    size_mismatch: SizeMismatch = "resize",
+    progress: Progress | None = None,
+) -> list[LabelResult]:
+    """Convert the plan's labels in ``nproc`` processes; one result per label, in plan order."""
+    convert = functools.partial(
+        convert_label, table=ID_TABLES[plan.layout.name], size_mismatch=size_mismatch
+    )
+    results = []
+    with contextlib.ExitStack() as stack:
+        nproc = min(nproc, len(plan.jobs))
+        if nproc > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(nproc))
+            chunk = max(1, min(16, len(plan.jobs) // (8 * nproc)))
+            done = pool.imap(convert, plan.jobs, chunksize=chunk)
+        else:
+            done = map(convert, plan.jobs)
+        for result in done:
+            results.append(result)
+            if progress:
+                progress(len(results), len(plan.jobs))
+    return results

@@ -1,0 +1,168 @@
+"""Depth maps for a dataset from Depth Anything v2 (``uda data depth``).
+
+The model runs through Hugging Face ``transformers`` (the optional extra ``uda-data[depth]``),
+with weights from a local folder or the hub. It predicts relative inverse depth (near is
+large), written per image as the 8-bit PNGs of ``uda_data.depth`` that the loaders read with
+``depth_encoding: depth_anything_png``: the image's own range stretched to 0..255, at the
+image's size. Outputs are written atomically and existing ones kept, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uda_data.atomic import save_png
+from uda_data.depth import encode_relative_depth
+from uda_data.errors import DataError
+from uda_data.layouts import Layout
+from uda_data.rcs import Progress
+
+DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
+
+
+@dataclass(frozen=True)
+class DepthJob:
+    image: Path
+    output: Path
+
+
+def plan_depth(root: Path, layout: Layout) -> tuple[list[DepthJob], int]:
+    """The images of every split still without a depth map, and how many already have one."""
+    root = Path(root)
+    if not (root / layout.images).is_dir():
+        raise DataError(
+            f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
+            " check the dataset root and --layout"
+        )
+    jobs, existing = [], 0
+    for split in layout.splits(root):
+        for image in layout.find_images(root, split):
+            output = layout.depth_of(root, split, image, "depth_anything_png")
+            if output.is_file():
+                existing += 1
+            else:
+                jobs.append(DepthJob(image, output))
+    if not jobs and not existing:
+        raise DataError(f"{root / layout.images}: no images found; check the dataset root")
+    return jobs, existing
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU if there is one, else the CPU; otherwise a torch device name."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DataError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {device}: no CUDA GPU is available; use auto or cpu")
+    return resolved
+
+
+class DepthEstimator:
+    """A transformers depth model (Depth Anything v2) and its image processor on one device."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto") -> None:
+        try:
+            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+        except ImportError:
+            raise DataError(
+                "depth estimation needs Hugging Face transformers:"
+                " pip install 'uda-data[depth]' (or pip install transformers)"
+            ) from None
+        self.device = resolve_device(device)
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(model)
+            network = AutoModelForDepthEstimation.from_pretrained(model)
+        except (OSError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(
+                f"{model}: cannot load a depth model ({reason}); pass --model a folder"
+                f" written by save_pretrained or a hub id such as {DEFAULT_MODEL}"
+            ) from None
+        self.model = network.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Relative inverse depth (near is large) of H x W x 3 uint8 images of one size, each
+        at its image's size."""
+        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
+        outputs = self.model(**inputs)
+        sizes = [image.shape[:2] for image in images]
+        maps = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
+        return [
+            m["predicted_depth"].reshape(size).float().cpu().numpy()
+            for m, size in zip(maps, sizes, strict=True)
+        ]
+
+
+class _Images(torch.utils.data.Dataset):
+    """The images of the jobs, read in loader workers: (index, array) or (index, error)."""
+
+    def __init__(self, jobs: list[DepthJob]) -> None:
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | str]:
+        path = self.jobs[index].image
+        try:
+            with Image.open(path) as img:
+                return index, np.array(img.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            return index, f"{path}: cannot be read as an image ({exc}); replace it"
+
+
+def _batches(
+    loaded: Iterator[tuple[int, np.ndarray | str]], batch_size: int, unreadable: list[str]
+) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Runs of up to ``batch_size`` images of one size (the processor stacks them); images
+    that cannot be read go to ``unreadable``."""
+    batch: list[tuple[int, np.ndarray]] = []
+    for index, image in loaded:
+        if isinstance(image, str):
+            unreadable.append(image)
+            continue
+        if batch and (len(batch) == batch_size or batch[0][1].shape != image.shape):
+            yield batch
+            batch = []
+        batch.append((index, image))
+    if batch:
+        yield batch
+
+
+def write_depth(
+    jobs: list[DepthJob],
+    estimator: DepthEstimator,
+    *,
+    batch_size: int = 4,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Estimate and write the depth map of every job; returns one line per image that failed."""
+    loader = torch.utils.data.DataLoader(
+        _Images(jobs), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
+    unreadable: list[str] = []
+    failed: list[str] = []
+    done = 0
+    for batch in _batches(iter(loader), batch_size, unreadable):
+        predictions = estimator([image for _, image in batch])
+        for (index, _), inverse_depth in zip(batch, predictions, strict=True):
+            job = jobs[index]
+            if np.isfinite(inverse_depth).all():
+                save_png(job.output, encode_relative_depth(inverse_depth))
+            else:
+                failed.append(f"{job.image}: the model predicted NaN or infinite depth")
+        done += len(batch)
+        if progress:
+            progress(done + len(unreadable), len(jobs))
+    return unreadable + failed

@@ -1,0 +1,118 @@
+"""The loaders on trees in the formats of the real releases, after conversion: every layout,
+every depth encoding, the layout in the run config, and layout detection."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.data.release_trees import (
+    CITYSCAPES_SCENE,
+    CITYSCAPES_TRAIN_IDS,
+    SYNTHIA_SCENE,
+    SYNTHIA_TRAIN_IDS,
+    depth_png,
+    scene_ids,
+    train_ids_of,
+    write_cityscapes,
+    write_gta,
+    write_synthia,
+)
+from uda_data.config import DataConfig, DatasetConfig, open_folder
+from uda_data.convert import convert_labels, plan_conversion
+from uda_data.datasets import cityscapes_folder, gta_folder, open_layout, synthia_folder
+from uda_data.depth import decode_depth_anything, encode_inverse_depth, encode_relative_depth
+from uda_data.errors import DataError
+from uda_data.layouts import CITYSCAPES, GTA, SYNTHIA, detect_layout
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    root = tmp_path_factory.mktemp("releases")
+    found = {
+        "gta": write_gta(root / "gta"),
+        "synthia": write_synthia(root / "synthia"),
+        "cityscapes": write_cityscapes(root / "cityscapes"),
+    }
+    for layout in (GTA, SYNTHIA, CITYSCAPES):
+        convert_labels(plan_conversion(found[layout.name], layout), nproc=1)
+    return found
+
+
+def test_synthia_folder_reads_converted_labels_and_depth(trees):
+    folder = synthia_folder(trees["synthia"], with_depth=True)
+    assert len(folder) == 4 and folder.name.startswith("Synthia layout at")
+    sample = folder.load(1)
+    expected = train_ids_of(scene_ids(1, SYNTHIA_SCENE), SYNTHIA_TRAIN_IDS)
+    np.testing.assert_array_equal(sample.dense["label"], expected)
+    np.testing.assert_allclose(sample.dense["depth"], decode_depth_anything(depth_png(1)))
+
+
+def test_gta_and_cityscapes_folders_read_the_converted_trees(trees):
+    gta = gta_folder(trees["gta"], with_depth=True)
+    expected = train_ids_of(scene_ids(2, CITYSCAPES_SCENE), CITYSCAPES_TRAIN_IDS)
+    np.testing.assert_array_equal(gta.load(2).dense["label"], expected)
+    train = cityscapes_folder(trees["cityscapes"], "train", with_depth=True)
+    test = cityscapes_folder(trees["cityscapes"], "test", with_labels=False, with_depth=True)
+    assert (len(train), len(test)) == (4, 2)
+    assert train.items[0].label.name == "aachen_000000_000000_gtFine_labelTrainIds.png"
+    assert "label" not in test.load(0).dense and "depth" in test.load(0).dense
+
+
+def test_run_config_opens_every_layout(trees, tmp_path):
+    def dataset(layout, split="train"):
+        return DatasetConfig(layout=layout, root=str(trees[layout]), split=split)
+
+    data = DataConfig(
+        source=dataset("synthia"),
+        target=dataset("cityscapes"),
+        val=dataset("cityscapes", "val"),
+        cache_dir=tmp_path,
+    )
+    assert len(open_folder(data, data.source, with_labels=True, with_depth=True)) == 4
+    assert len(open_folder(data, data.val, with_labels=True, with_depth=False)) == 2
+    with pytest.raises(ValueError, match="'gta', 'synthia' or 'cityscapes'"):
+        DatasetConfig(layout="mapillary", root="x")
+
+
+def test_16_bit_millimetre_and_npy_depth(tmp_path):
+    root = write_gta(tmp_path / "gta", count=1)
+    convert_labels(plan_conversion(root, GTA), nproc=1)
+    millimetres = np.full((32, 64), 12_345, dtype=np.uint16)
+    Image.fromarray(millimetres).save(root / "depth" / "00001.png")
+    folder = gta_folder(root, with_depth=True, depth_encoding="uint16_mm")
+    np.testing.assert_allclose(folder.load(0).dense["depth"], 12.345)
+    metres = np.linspace(1, 80, 64 * 32, dtype=np.float32).reshape(32, 64)
+    np.save(root / "depth" / "00001.npy", metres)
+    folder = gta_folder(root, with_depth=True, depth_encoding="float_npy")
+    np.testing.assert_array_equal(folder.load(0).dense["depth"], metres)
+
+
+def test_depth_of_another_bit_depth_names_the_file_and_the_setting(trees):
+    folder = gta_folder(trees["gta"], with_depth=True, depth_encoding="uint16_mm")
+    with pytest.raises(DataError, match=r"00001\.png: uint16_mm depth is a 16-bit PNG.*uint8"):
+        folder.load(0)
+
+
+def test_depth_anything_encoding_is_the_inverse_of_what_the_loader_reads():
+    inverse_depth = np.array([[0.0, 0.5], [1.0, 2.0]])  # near is large
+    png = encode_relative_depth(inverse_depth)
+    assert png.tolist() == [[0, 64], [128, 255]]
+    decoded = decode_depth_anything(png)
+    assert decoded[0, 0] == 0 and (np.diff(decoded.ravel()) > 0).all()
+    metric = np.array([[np.inf, 2.0], [1.0, 0.5]])
+    np.testing.assert_array_equal(encode_inverse_depth(metric), png)
+    assert encode_relative_depth(np.ones((2, 2))).tolist() == [[0, 0], [0, 0]]
+
+
+def test_layouts_are_detected_from_their_folders(trees, tmp_path):
+    assert [detect_layout(trees[n]).name for n in trees] == ["gta", "synthia", "cityscapes"]
+    with pytest.raises(DataError, match=r"cannot tell the layout .* found none\); pass --layout"):
+        detect_layout(tmp_path)
+    with pytest.raises(DataError, match=r"folder does not exist"):
+        detect_layout(tmp_path / "missing")
+
+
+def test_missing_synthia_labels_name_the_folder(tmp_path):
+    root = write_synthia(tmp_path / "synthia", count=1)
+    with pytest.raises(DataError, match=r"1 images have no label, e\.g\. .*0000000_labelTrainIds"):
+        open_layout("synthia", root)
