@@ -23,7 +23,7 @@ from uda_methods.presets import DEFAULT_PRESET, PRESETS
 from uda_methods.run import prepare_context, resolve_config
 
 app = typer.Typer(
-    help="Compute and look at instance directional dispersion maps.", no_args_is_help=True
+    help="Dispersion maps, and the dispersion method's auxiliary network.", no_args_is_help=True
 )
 console = Console(highlight=False, soft_wrap=True)
 

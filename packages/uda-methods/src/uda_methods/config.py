@@ -125,6 +125,9 @@ class MethodConfig(Section):
 class RunConfig(Section):
     """Everything one training run needs."""
 
+    preset: str | None = Field(
+        None, description="The preset the run started from (names its published result)."
+    )
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
