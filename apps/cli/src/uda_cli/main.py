@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 from PIL import Image
 from rich.console import Console
@@ -18,9 +21,11 @@ from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
 from uda_cli.predict import predict_command
 from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
+from uda_core.errors import UdaError
 from uda_data.classes import colorize
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
+from uda_methods.published import compare_line, published_result
 from uda_methods.run import (
     check_names,
     checkpoint_to_resume,
@@ -119,6 +124,25 @@ def train_command(
             "--dry-run", help="Validate config, data, names and checkpoint; print the config."
         ),
     ] = False,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder holding gta/, synthia/ and cityscapes/: each dataset's root becomes "
+            "DATA_ROOT/<its layout>."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(help="Encoder weights (e.g. SegFormer's mit_b5.pth), a local file."),
+    ] = None,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Data-parallel processes on this machine: one per GPU, or gloo processes on "
+            "the CPU. Each loads data.batch_size images; the learning rate is not rescaled.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a model; evaluates on target val and keeps the best checkpoint."""
     flags = _flags(
@@ -131,8 +155,17 @@ def train_command(
     )
     if plugin:
         flags["plugins"] = {name: {} for name in plugin}
+    if pretrained is not None:
+        flags.setdefault("model", {})["pretrained"] = str(pretrained)
     overrides = list(set_ or [])
-    cfg = resolve_config(preset, config, flags, overrides)
+    cfg = resolve_config(preset, config, flags, overrides, data_root)
+    if num_processes > 1 and not dry_run:
+        if resume is None:
+            check_names(cfg)
+        else:
+            checkpoint_to_resume(resume, cfg.runtime.work_dir)
+        _launch(num_processes)
+        return
     checkpoint, state = None, None
     if resume is not None:
         checkpoint = checkpoint_to_resume(resume, cfg.runtime.work_dir)
@@ -143,6 +176,49 @@ def train_command(
         _dry_run(cfg, checkpoint)
         return
     train(cfg, checkpoint, console, state)
+
+
+def _launch(num_processes: int) -> None:
+    """Run this `uda train` command line again in ``num_processes`` processes, through
+    torch.distributed.run (what `accelerate launch --multi_gpu` calls), without
+    --num-processes."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UdaError(
+            "--num-processes: this process was launched with others already (accelerate "
+            "launch or torchrun); drop --num-processes"
+        )
+    if "train" not in sys.argv:
+        raise UdaError("--num-processes works on the `uda train` command line only")
+    gpus = torch.cuda.device_count()
+    if gpus and num_processes > gpus:
+        raise UdaError(
+            f"--num-processes {num_processes}: {gpus} GPUs are visible and each process needs "
+            "one; lower it or set CUDA_VISIBLE_DEVICES"
+        )
+    if not gpus:
+        threads = max((os.cpu_count() or 1) // num_processes, 1)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    argv = _without_option(sys.argv[sys.argv.index("train") :], "--num-processes")
+    launcher = ["--standalone", f"--nproc-per-node={num_processes}", "--module", "uda_cli.main"]
+    try:
+        run(get_args_parser().parse_args([*launcher, *argv]))
+    except ChildFailedError as exc:
+        raise typer.Exit(max(exc.get_first_failure()[1].exitcode, 1)) from None
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith(f"{option}="):
+            skip = False
+            continue
+        skip = arg == option
+        if not skip:
+            out.append(arg)
+    return out
 
 
 def _dry_run(cfg, checkpoint: Path | None) -> None:
@@ -200,6 +276,9 @@ def eval_command(
     report = evaluate(model, cfg, on_batch=saver)
     console.print(report.table(f"{checkpoint} (iteration {state.get('iteration', '?')})"))
     console.print(f"mIoU {100 * report.miou:.2f}")
+    published = published_result(cfg.preset, cfg.method.name, list(cfg.plugins))
+    if published is not None:
+        console.print(compare_line(report.as_dict(), published))
     result = {
         "checkpoint": str(checkpoint),
         "iteration": state.get("iteration"),

@@ -80,13 +80,14 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random generators (on CUDA, its current device's), to save per process."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -94,5 +95,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, list):  # saved by earlier versions: one state per visible device
+        cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+    torch.cuda.set_rng_state(cuda)

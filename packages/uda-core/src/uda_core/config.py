@@ -79,6 +79,22 @@ class RuntimeConfig(Section):
         None, min_length=1, description="Run folder name; default: <time>_<method>."
     )
     deterministic: bool = Field(False, description="Use deterministic algorithms (slower on GPU).")
+    sync_bn: bool = Field(
+        False,
+        description="Several GPU processes: BatchNorm statistics over the global batch "
+        "(SyncBatchNorm) instead of each process's own.",
+    )
+    find_unused_parameters: bool = Field(
+        False,
+        description="Several processes: let DDP accept parameters without a gradient in a "
+        "backward pass (slower; needed by heads whose outputs some losses skip).",
+    )
+    channels_last: bool = Field(
+        False, description="Keep the student's weights in channels-last layout (GPU convs)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the student (first iterations slower; GPU speed-up)."
+    )
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

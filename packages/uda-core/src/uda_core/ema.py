@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from torch import nn
 
 _STOCHASTIC = (nn.modules.dropout._DropoutNd,)
@@ -15,6 +17,24 @@ def _is_stochastic(module: nn.Module) -> bool:
     return isinstance(module, _STOCHASTIC) or type(module).__name__ == "DropPath"
 
 
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Average the floating buffers (BatchNorm statistics) of ``module`` over all processes.
+
+    Data-parallel replicas normalise different batches, so their running statistics drift
+    apart while their parameters stay equal; averaging after each step keeps them equal too.
+    A no-op in a single process.
+    """
+    if PartialState().num_processes == 1:
+        return
+    buffers = [b for b in module.buffers() if b.dtype.is_floating_point]
+    if not buffers:
+        return
+    mean = reduce(torch.cat([b.reshape(-1).float() for b in buffers]), "mean")
+    for buffer, value in zip(buffers, mean.split([b.numel() for b in buffers]), strict=True):
+        buffer.copy_(value.view_as(buffer))
+
+
 class EMATeacher(nn.Module):
     """A frozen copy of the student, updated as ``teacher = a * teacher + (1 - a) * student``.
 
@@ -22,7 +42,9 @@ class EMATeacher(nn.Module):
     later it averages over about ``1 / (1 - alpha)`` steps. Parameters and floating buffers
     (BatchNorm statistics) are averaged in place; integer buffers are copied. Dropout and
     drop-path are off in the teacher; normalisation layers keep the student's mode, as in
-    DACS/DAFormer.
+    DACS/DAFormer. With several processes the teacher's buffers, which its own forward passes
+    in training mode update on each process's batch, are averaged after each update, so every
+    process keeps the same teacher.
     """
 
     def __init__(self, student: nn.Module, alpha: float = 0.999) -> None:
@@ -58,6 +80,7 @@ class EMATeacher(nn.Module):
                 t.mul_(a).add_(s.detach(), alpha=1.0 - a)
             else:
                 t.copy_(s)
+        average_buffers(self.model)
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor):

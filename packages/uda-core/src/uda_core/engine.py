@@ -2,13 +2,22 @@
 
 It reads top to bottom: build, maybe resume, then for each iteration let the method do its
 forward/backward, step the optimiser and schedule, log, evaluate and checkpoint.
+
+The same loop runs in one process or in several launched by Accelerate or torchrun (one per
+GPU, or gloo processes on the CPU): Accelerate wraps the student in DDP, which averages the
+gradients of every backward pass; each process draws its own batches; BatchNorm statistics
+and the EMA teacher's are averaged after each step; evaluation shards target val over the
+processes and sums their confusion matrices; the main process alone writes checkpoints,
+after checking that every process holds the same weights. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch import nn
 
 from uda_core.checkpoint import (
@@ -30,6 +39,7 @@ from uda_core.checkpoint import (
 )
 from uda_core.config import OptimConfig, RuntimeConfig, ScheduleConfig
 from uda_core.debug import save_panels
+from uda_core.ema import average_buffers
 from uda_core.errors import UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.logging import MetricsLog, TrainProgress, console
@@ -46,6 +56,42 @@ class TrainResult:
     iterations: int
     final_checkpoint: Path
     report: IoUReport | None
+
+
+def process_state() -> PartialState:
+    """This process's place among the launched ones (one process when not launched).
+
+    Several processes launched on a machine without CUDA are joined over gloo on the CPU;
+    with CUDA, each takes its GPU and they are joined over NCCL.
+    """
+    return PartialState(cpu=_launched_without_cuda())
+
+
+def _launched_without_cuda() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def fingerprint(state: Any) -> str:
+    """A short digest of a (nested) state: each tensor by its float64 sum and sum of squares,
+    other values by their repr. Equal states give equal digests on the same kind of device."""
+    digest = hashlib.sha1()
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().double()
+            sums = torch.stack([t.sum(), t.square().sum()]).cpu().numpy()
+            digest.update(f"{key}{tuple(value.shape)}".encode() + sums.tobytes())
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+        else:
+            digest.update(f"{key}={value!r}".encode())
+
+    walk(state, "")
+    return digest.hexdigest()[:16]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -102,11 +148,29 @@ class Trainer:
         if self.runtime.precision == "fp16" and not torch.cuda.is_available():
             raise UdaError("runtime.precision=fp16 needs a CUDA GPU; use bf16 or no on the CPU")
         trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        ddp = DistributedDataParallelKwargs(
+            find_unused_parameters=self.runtime.find_unused_parameters
+        )
         return Accelerator(
+            cpu=_launched_without_cuda(),
             mixed_precision=self.runtime.precision,
             log_with=trackers,
             project_dir=str(self.run_dir),
+            kwargs_handlers=[ddp],
         )
+
+    def _build_student(self, accelerator: Accelerator) -> nn.Module:
+        rt = self.runtime
+        model = self.build_model()
+        if rt.sync_bn and accelerator.num_processes > 1:
+            if accelerator.device.type != "cuda":
+                raise UdaError(
+                    "runtime.sync_bn: SyncBatchNorm needs CUDA GPUs; set it to false on the CPU"
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def fit(self, resume: dict[str, Any] | None = None) -> TrainResult:
         rt = self.runtime
@@ -116,11 +180,14 @@ class Trainer:
         if rt.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(rt.seed)
-        model = self.build_model()
+        model = self._build_student(accelerator)
         optimizer = build_optimizer(model, self.optim)
         scheduler = build_scheduler(optimizer, rt.iterations, self.schedule)
         model, optimizer = accelerator.prepare(model, optimizer)
         method = self.build_method(model, accelerator)
+        if rt.compile:
+            # in place, after the method copied the student (EMA teacher): same state dict keys
+            accelerator.unwrap_model(model).compile()
         set_seed(rt.seed + accelerator.process_index)
 
         start, best = 0, -math.inf
@@ -131,10 +198,16 @@ class Trainer:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             method.load_state_dict(resume.get("method", {}))
-            set_rng_state(resume["rng"][min(accelerator.process_index, len(resume["rng"]) - 1)])
             start, best = resume["iteration"], resume.get("best", -math.inf)
+            self._restore_rng(resume["rng"], accelerator.process_index, start)
             if is_main:
                 out.print(f"resuming {self.run_dir} at iteration {start}/{rt.iterations}")
+                saved = len(resume["rng"])
+                if saved != accelerator.num_processes:
+                    out.print(
+                        f"processes: {saved} saved the checkpoint, {accelerator.num_processes} go"
+                        " on (the global batch and the per-process data streams change)"
+                    )
 
         metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         if is_main:
@@ -149,10 +222,12 @@ class Trainer:
         batches = iter(
             self.train_batches(start, accelerator.process_index, accelerator.num_processes)
         )
-        timer = time.perf_counter()
+        timer, data_wait, last_log = time.perf_counter(), 0.0, start
         try:
             for iteration in range(start, rt.iterations):
+                waited = time.perf_counter()
                 batch = next(batches).to(accelerator.device)
+                data_wait += time.perf_counter() - waited
                 model.train()
                 method.debug = (
                     is_main and rt.debug_interval > 0 and (iteration + 1) % rt.debug_interval == 0
@@ -164,6 +239,7 @@ class Trainer:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                average_buffers(accelerator.unwrap_model(model))
                 method.after_optimizer_step(iteration)
                 done = iteration + 1
                 if method.debug and method.panels:
@@ -173,14 +249,18 @@ class Trainer:
                         self._palette(),
                     )
                 log_now = done % rt.log_interval == 0 or done == rt.iterations
+                if log_now and accelerator.num_processes > 1:
+                    logs = self._mean_over_processes(logs, accelerator)
                 progress.update(done, logs, log_now)
                 if log_now and is_main:
-                    elapsed = time.perf_counter() - timer
+                    count = done - last_log
                     record = {"iteration": done, "lr": scheduler.get_last_lr()[0], **logs}
-                    record["sec_per_iter"] = elapsed / rt.log_interval
+                    record["sec_per_iter"] = (time.perf_counter() - timer) / count
+                    record["data_wait"] = data_wait / count
                     metrics.write(record)
                     accelerator.log(logs, step=done)
-                    timer = time.perf_counter()
+                if log_now:
+                    timer, data_wait, last_log = time.perf_counter(), 0.0, done
                 if self.evaluator is not None and (
                     done % rt.eval_interval == 0 or done == rt.iterations
                 ):
@@ -207,6 +287,22 @@ class Trainer:
         if self.palette is not None:
             return self.palette
         return np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
+
+    def _restore_rng(self, saved: list[dict[str, Any]], rank: int, start: int) -> None:
+        """Continue this process's random streams; a process the checkpoint has none for (a
+        resume with more processes) gets fresh ones, seeded by (seed, process, iteration)."""
+        if rank < len(saved):
+            set_rng_state(saved[rank])
+        else:
+            set_seed(
+                int(np.random.SeedSequence([self.runtime.seed, rank, start]).generate_state(1)[0])
+            )
+
+    @staticmethod
+    def _mean_over_processes(logs: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+        values = torch.tensor(list(logs.values()), dtype=torch.float64, device=accelerator.device)
+        means = accelerator.reduce(values, "mean").tolist()
+        return dict(zip(logs, means, strict=True))
 
     @staticmethod
     def _check_finite(logs: dict[str, float], iteration: int) -> None:
@@ -236,13 +332,28 @@ class Trainer:
         }
         save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
 
+    @staticmethod
+    def _check_replicas_agree(accelerator, model, method, iteration: int) -> None:
+        """Every process must hold the same student, teacher and frozen networks."""
+        states = {"student": accelerator.unwrap_model(model).state_dict(), **method.state_dict()}
+        digests = gather_object([{name: fingerprint(s) for name, s in states.items()}])
+        for rank, theirs in enumerate(digests):
+            differ = [name for name in states if theirs[name] != digests[0][name]]
+            if differ:
+                raise UdaError(
+                    f"iteration {iteration}: process {rank} holds other {', '.join(differ)} "
+                    "weights than process 0; something changed outside the optimiser (a "
+                    "plugin's state?) differs between processes; see docs/distributed.md"
+                )
+
     def _save(
         self, accelerator, model, optimizer, scheduler, method, iteration: int, best: float
     ) -> Path:
         path = self.run_dir / "checkpoints" / f"iter_{iteration:06d}.pt"
         rngs = [rng_state()]
         if accelerator.num_processes > 1:
-            rngs = accelerator.gather_for_metrics(rngs, use_gather_object=True)
+            self._check_replicas_agree(accelerator, model, method, iteration)
+            rngs = gather_object(rngs)
         if accelerator.is_main_process:
             state = {
                 "model": accelerator.unwrap_model(model).state_dict(),

@@ -18,12 +18,14 @@ from uda_core.model import logits_of
 
 @dataclass
 class IoUReport:
-    """Per-class IoU (NaN for a class absent from both labels and predictions) and means."""
+    """Per-class IoU (NaN for a class absent from both labels and predictions) and means;
+    ``pixels`` is the number of labelled (not ignored) pixels scored."""
 
     class_names: tuple[str, ...]
     iou: tuple[float, ...]
     accuracy: float
     subsets: dict[str, float]
+    pixels: int = 0
 
     @property
     def miou(self) -> float:
@@ -44,13 +46,14 @@ class IoUReport:
         accuracy = float(tp.sum() / total) if total > 0 else math.nan
         values = tuple(float(v) for v in iou)
         means = {name: _nanmean([values[i] for i in idx]) for name, idx in (subsets or {}).items()}
-        return cls(tuple(class_names), values, accuracy, means)
+        return cls(tuple(class_names), values, accuracy, means, int(total))
 
     def as_dict(self) -> dict:
         return {
             "mIoU": self.miou,
             **self.subsets,
             "aAcc": self.accuracy,
+            "pixels": self.pixels,
             "IoU": {n: v for n, v in zip(self.class_names, self.iou, strict=True)},
         }
 
@@ -156,7 +159,8 @@ def confusion_matrix(
 
     Predictions are made on ``image`` and upsampled to the size of ``label`` (the original
     annotation), as the benchmark protocol scores them. Under torch.distributed, the matrices
-    of all processes are summed.
+    of all processes are summed (torchmetrics syncs on ``compute``), so every process gets the
+    total; a process with no batches contributes zeros.
     """
     metric = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index).to(device)
     was_training = model.training
@@ -200,6 +204,8 @@ class Evaluator:
     def run(
         self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1, on_batch=None
     ) -> IoUReport:
+        """Score ``model`` on this process's shard; with several processes, every process must
+        call it and each gets the report of the whole set."""
         conf = confusion_matrix(
             model,
             self.loader(rank, world),

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from rich.console import Console
 
 from uda_core.checkpoint import find_latest, load_checkpoint
 from uda_core.config import apply_overrides, load_config_file, merge, validate
-from uda_core.engine import Trainer, TrainResult, load_model_weights
+from uda_core.engine import Trainer, TrainResult, load_model_weights, process_state
 from uda_core.errors import UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.method import UDABatch
@@ -35,17 +34,23 @@ from uda_data.rcs import RareClassSampler
 from uda_data.transforms import resize, to_tensors
 from uda_methods.config import RunConfig
 from uda_methods.presets import plugin_profile, preset
+from uda_methods.published import compare_line, published_result
 from uda_methods.registry import build_method_model, method_class
 
 SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
 
 
 def resolve_config(
-    preset_name: str, config_file: Path | None, flags: dict[str, Any], overrides: list[str]
+    preset_name: str,
+    config_file: Path | None,
+    flags: dict[str, Any],
+    overrides: list[str],
+    data_root: Path | None = None,
 ) -> RunConfig:
     """Preset, then the preset's profile for the enabled plugins, then the config file, then
-    CLI flags, then ``--set`` overrides; validated."""
-    base = preset(preset_name).model_dump(mode="json")
+    CLI flags, then ``--set`` overrides; validated. With ``data_root``, each dataset's root is
+    ``data_root/<its layout>`` (gta, synthia, cityscapes), as the README lays data out."""
+    base = preset(preset_name).model_dump(mode="json") | {"preset": preset_name}
 
     def layered(data: dict[str, Any]) -> dict[str, Any]:
         if config_file is not None:
@@ -54,6 +59,10 @@ def resolve_config(
 
     enabled = list(layered(base).get("plugins") or {})
     data = layered(merge(base, plugin_profile(preset_name, enabled)))
+    if data_root is not None:
+        for which in ("source", "target", "val"):
+            dataset = data["data"][which]
+            dataset["root"] = str(Path(data_root) / dataset.get("layout", "cityscapes"))
     return with_plugins(validate(RunConfig, data))
 
 
@@ -197,10 +206,15 @@ def prepare_context(
         val_batches=val_batches,
         cache_dir=data.cache_dir,
         data_key=json.dumps(key, sort_keys=True),
-        device=PartialState().device,
+        device=_plain(process_state().device),
         log=log,
         progress=progress,
     )
+
+
+def _plain(device: torch.device) -> torch.device:
+    """Accelerate names the CPU of process r ``cpu:r``, which torch.load cannot map to."""
+    return torch.device("cpu") if device.type == "cpu" else device
 
 
 def prepare_plugins(
@@ -213,7 +227,7 @@ def prepare_plugins(
         return
 
     def log(message: str) -> None:
-        if console is not None and PartialState().is_main_process:
+        if console is not None and process_state().is_main_process:
             console.print(message)
 
     def progress(done: int, total: int, loss: float) -> None:
@@ -221,7 +235,7 @@ def prepare_plugins(
             log(f"  {done}/{total}  loss {loss:.3f}")
 
     context = prepare_context(cfg, source, log, progress)
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         for name, plugin in preparing.items():
             try:
                 plugin.prepare(context)
@@ -241,7 +255,9 @@ def checkpoint_to_resume(resume: str, work_dir: Path) -> Path:
 def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None) -> Trainer:
     method = method_class(cfg.method.name)
     plugins = load_plugins(cfg.plugins)
-    run_data = open_data(cfg, console)
+    state = process_state()
+    with state.main_process_first():  # the main process alone generates and caches data
+        run_data = open_data(cfg, console if state.is_main_process else None)
     prepare_plugins(cfg, plugins, run_data.source, console)
     return Trainer(
         run_dir=run_dir,
@@ -279,9 +295,14 @@ def train(
             f"run folder {run_dir} already holds checkpoints; pass --resume latest or another name"
         )
     try:
-        return build_trainer(cfg, run_dir, console).fit(state)
+        result = build_trainer(cfg, run_dir, console).fit(state)
     except DataError as exc:
         raise UdaError(str(exc)) from None
+    published = published_result(cfg.preset, cfg.method.name, list(cfg.plugins))
+    shown = console is not None and process_state().is_main_process
+    if published is not None and result.report is not None and shown:
+        console.print(compare_line(result.report.as_dict(), published))
+    return result
 
 
 def load_trained_model(path: Path, overrides: list[str]) -> tuple[torch.nn.Module, RunConfig, dict]:

@@ -74,7 +74,8 @@ class DACS(Method):
         targets); and the mean share of confident pixels."""
         cfg, target = self.cfg, dict(target)
         self.teacher.train(self.model.training)
-        teacher_logits = self.teacher(target["image"]).logits
+        with self.accelerator.autocast():  # the student's precision; softmax in fp32 below
+            teacher_logits = self.teacher(target["image"]).logits
         teacher_logits = F.interpolate(
             teacher_logits.float(), target["image"].shape[-2:], mode="bilinear", align_corners=False
         )
@@ -117,7 +118,7 @@ class DACS(Method):
     def _feature_distance(self, output, source) -> torch.Tensor:
         """Distance of the student's bottleneck features to the frozen ImageNet encoder's, on
         cells where thing classes cover at least ``fd_min_ratio``."""
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             reference = self.imagenet_encoder(self._feature_distance_input(source["image"]))[-1]
         features = output.encoder_features[-1]
         factor = source["label"].shape[-1] // features.shape[-1]
