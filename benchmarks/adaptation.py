@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -100,9 +101,8 @@ def markdown(rows: dict) -> str:
         classes = list(next(iter(rows.values()))["IoU"])
         lines += ["", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
         for name, row in rows.items():
-            lines.append(
-                f"| {name} | " + " | ".join(f"{v:.1f}" for v in row["IoU"].values()) + " |"
-            )
+            cells = ("-" if math.isnan(v) else f"{v:.1f}" for v in row["IoU"].values())
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
