@@ -34,6 +34,8 @@ def records(run) -> list[dict]:
 def test_mic_with_dispersion_pretrains_caches_trains_and_evaluates(tmp_path, synthetic_root):
     args = ["train", "--method", "mic", "--plugin", "dispersion", *HRDA_TINY, *TINY_AUX]
     sets = [*tiny_overrides(tmp_path, 4), "--set", "runtime.debug_interval=2"]
+    # settings no other test uses, so that the session's cache holds no such network yet
+    sets += ["--set", "plugins.dispersion.auxiliary.lr=0.00123"]
     result = runner.invoke(app, [*args, "--name", "first", *sets])
     assert result.exit_code == 0, result.output
     assert "pre-training one on the source for 3 iterations" in result.output
