@@ -209,13 +209,9 @@ class DispersionPlugin:
             return weight
         if self.auxiliary is None:
             raise RuntimeError("dispersion: prepare() must load the auxiliary network first")
-        disp = (
-            target["dispersion"]
-            if "dispersion" in target
-            else self._dispersion(pseudo_label, target["depth"])
-        )
+        # target_targets ran first (the protocol's order) and put the dispersion in ``target``
         aux_label = auxiliary_labels(
-            self.auxiliary, target["depth"], disp, tuple(cfg.auxiliary.input_size)
+            self.auxiliary, target["depth"], target["dispersion"], tuple(cfg.auxiliary.input_size)
         )
         self.last["auxiliary label"] = aux_label
         self.last["agreement"] = (aux_label == pseudo_label).float().mean()
