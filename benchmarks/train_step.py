@@ -254,7 +254,8 @@ def specs(args, aux: dict[str, Path]) -> list[dict]:
         for precision in args.precisions:
             for plugin in (False, True):
                 flags = {"method": {"name": method}}
-                overrides = list(args.overrides)
+                # plugin settings (``--set plugins.dispersion...``) apply to plugin runs only
+                overrides = [o for o in args.overrides if plugin or not o.startswith("plugins.")]
                 if plugin:
                     flags["plugins"] = {"dispersion": {}}
                     overrides.append(f"plugins.dispersion.auxiliary.checkpoint={aux[preset]}")

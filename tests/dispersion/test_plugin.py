@@ -32,6 +32,22 @@ def test_head_gives_every_parameter_a_gradient():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_teacher_pass_gives_the_same_segmentation_features_without_the_other_outputs():
+    torch.manual_seed(0)
+    head = DispersionHead(16, 19, width=8)
+    x = torch.randn(2, 16, 12, 20)
+    with torch.no_grad():
+        full, outputs = head.eval()(x)
+        assert set(outputs) == {"seg_init", "disp_init", "disp"}  # evaluation, prediction
+        head.train()
+        for m in head.modules():  # same normalisation in both passes: freeze BN statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        teacher, skipped = head(x)
+    assert skipped == {}
+    torch.testing.assert_close(teacher, full)
+
+
 def test_multi_dilation_classifier_sums_all_its_branches():
     torch.manual_seed(0)
     classifier = MultiDilationClassifier(4, 3, (1, 2, 3, 4))

@@ -102,7 +102,9 @@ def test_quick_profile_of_the_plugin_sits_under_the_users_settings(tmp_path):
 
     cfg = resolve_config("quick", None, {"plugins": {"dispersion": {}}}, [])
     aux = cfg.plugins["dispersion"]["auxiliary"]
-    assert aux["backbone"] == "resnet18" and aux["iterations"] == 200
+    assert aux["backbone"] == "resnet10t" and aux["iterations"] == 200
+    assert cfg.plugins["dispersion"]["head_width"] == 32
+    assert cfg.plugins["dispersion"]["dilations"] == [1, 2, 3, 4]
     cfg = resolve_config(
         "quick",
         None,

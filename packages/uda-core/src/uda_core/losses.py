@@ -17,11 +17,10 @@ def seg_cross_entropy(
     The mean runs over all non-ignored pixels, weighted pixels included, as in DACS/DAFormer.
     Computed in fp32 whatever the autocast precision.
     """
+    logits = logits.float()  # before upsampling: bf16 logits are not interpolated in bf16
     if logits.shape[-2:] != label.shape[-2:]:
         logits = F.interpolate(logits, label.shape[-2:], mode="bilinear", align_corners=False)
-    loss = F.cross_entropy(
-        logits.float(), label.long(), ignore_index=ignore_index, reduction="none"
-    )
+    loss = F.cross_entropy(logits, label.long(), ignore_index=ignore_index, reduction="none")
     if pixel_weight is not None:
         loss = loss * pixel_weight
     valid = (label != ignore_index).sum().clamp(min=1)

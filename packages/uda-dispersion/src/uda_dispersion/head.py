@@ -84,7 +84,9 @@ class DispersionHead(nn.Module):
 
     ``outputs`` holds ``seg_init`` (B x num_classes x h x w logits), ``disp_init`` and
     ``disp`` (B x 1 x h x w dispersion predictions). The refined features have the input's
-    width, ready for the host network's segmentation classifier.
+    width, ready for the host network's segmentation classifier. In training mode without
+    gradients (a self-training teacher) ``outputs`` is empty and only the segmentation path
+    runs; in eval mode (evaluation, prediction) every output is computed.
     """
 
     def __init__(
@@ -107,6 +109,10 @@ class DispersionHead(nn.Module):
 
     def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         seg, disp = self.seg_features(fused), self.disp_features(fused)
+        if self.training and not torch.is_grad_enabled():
+            # a training-mode network without gradients is the EMA teacher making pseudo-labels,
+            # which reads the segmentation only: skip the outputs nothing reads
+            return self.project(seg + self.disp_to_seg(disp)), {}
         outputs = {"seg_init": self.seg_init(fused), "disp_init": self.disp_init(disp)}
         seg, disp = seg + self.disp_to_seg(disp), disp + self.seg_to_disp(seg)
         outputs["disp"] = self.disp_final(disp)

@@ -13,9 +13,12 @@ DISPERSION_IGNORE = -1.0
 
 
 def _to_size(prediction: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """``prediction`` in fp32 (first, so that bf16 logits are not upsampled in bf16) at
+    ``size``."""
+    prediction = prediction.float()
     if prediction.shape[-2:] != size:
         prediction = F.interpolate(prediction, size, mode="bilinear", align_corners=False)
-    return prediction.float()
+    return prediction
 
 
 def berhu_loss(
@@ -29,14 +32,12 @@ def berhu_loss(
     graph, when no pixel is valid.
     """
     target = target.reshape(target.shape[0], -1, *target.shape[-2:]).float()
-    residual = (_to_size(prediction, target.shape[-2:]) - target).abs()
     valid = target != DISPERSION_IGNORE
-    if not valid.any():
-        return prediction.sum() * 0.0
-    residual = residual[valid]
+    # masked rather than indexed: no host synchronisation, no gather of the valid pixels
+    residual = torch.where(valid, (_to_size(prediction, target.shape[-2:]) - target).abs(), 0.0)
     c = (threshold_ratio * residual.max()).detach().clamp(min=1e-6)
     loss = torch.where(residual <= c, residual, (residual**2 + c**2) / (2 * c))
-    return loss.mean()
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
 def weighted_cross_entropy(

@@ -205,12 +205,16 @@ def load_auxiliary(path: Path, device: torch.device | str = "cpu") -> tuple[Auxi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"auxiliary network checkpoint {path} does not exist")
-    state = torch.load(path, map_location=device, weights_only=False)
+    not_ours = ValueError(
+        f"{path} is not an auxiliary network checkpoint of uda-dispersion "
+        f"(format {CHECKPOINT_FORMAT}); pre-train one with `uda dispersion pretrain`"
+    )
+    try:  # tensors and plain containers only: loading runs no code from the file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise not_ours from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not an auxiliary network checkpoint of uda-dispersion "
-            f"(format {CHECKPOINT_FORMAT}); pre-train one with `uda dispersion pretrain`"
-        )
+        raise not_ours
     settings = state["settings"]
     net = AuxiliaryNet(settings["num_classes"], settings["backbone"])
     net.load_state_dict(state["model"])
