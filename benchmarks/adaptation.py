@@ -6,8 +6,10 @@ Source-only, DAFormer, HRDA and MIC, and DAFormer, HRDA and MIC with ``--plugin 
 each trained with ``uda train`` at the ``quick`` preset (same budget) for each seed. A run
 whose final evaluation is already in its folder is skipped, and an unfinished one resumes,
 so the benchmark can be completed over several invocations (it takes hours on 2 CPU cores).
-The table (mean and spread over the finished seeds, per-class IoU) is printed as Markdown and
-written to ``<work-dir>/adaptation.json``.
+The table (mean and spread over the finished seeds, per-class IoU, and for the plugin runs the
+share of target pixels where the auxiliary network agreed with the pseudo-label, averaged
+over the logged iterations and seeds) is printed as Markdown and written to
+``<work-dir>/adaptation.json``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,17 @@ def train(method: str, plugin: str | None, seed: int, work_dir: Path, sets: list
     print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def mean_agreement(run_dir: Path) -> float | None:
+    """The dispersion plugin's agreement rate (auxiliary label = pseudo-label), averaged over
+    the run's logged iterations; None for runs without the plugin."""
+    values = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "dispersion.agreement" in record:
+            values.append(record["dispersion.agreement"])
+    return statistics.fmean(values) if values else None
+
+
 def summarize(work_dir: Path, seeds: list[int]) -> dict:
     rows = {}
     for method, plugin in RUNS:
@@ -77,11 +90,13 @@ def summarize(work_dir: Path, seeds: list[int]) -> dict:
             continue
         mious = [100 * e["mIoU"] for e in done.values()]
         classes = next(iter(done.values()))["IoU"]
+        agreements = [mean_agreement(work_dir / run_name(method, plugin, s)) for s in done]
         rows[run_name(method, plugin, 0)[:-3]] = {
             "seeds": sorted(done),
             "mIoU": mious,
             "mean": statistics.fmean(mious),
             "std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
+            "agreement": None if None in agreements else 100 * statistics.fmean(agreements),
             "IoU": {
                 c: statistics.fmean(100 * (e["IoU"][c] or 0) for e in done.values())
                 for c in classes
@@ -91,11 +106,16 @@ def summarize(work_dir: Path, seeds: list[int]) -> dict:
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| run | seeds | target mIoU (mean ± std) | per seed |", "|---|---|---|---|"]
+    lines = [
+        "| run | seeds | target mIoU (mean ± std) | per seed | auxiliary agreement |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in rows.items():
         per_seed = ", ".join(f"{m:.2f}" for m in row["mIoU"])
+        agreement = "-" if row.get("agreement") is None else f"{row['agreement']:.0f} %"
         lines.append(
-            f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} ± {row['std']:.2f} | {per_seed} |"
+            f"| {name} | {len(row['seeds'])} | {row['mean']:.2f} ± {row['std']:.2f} | {per_seed} "
+            f"| {agreement} |"
         )
     if rows:
         classes = list(next(iter(rows.values()))["IoU"])

@@ -55,7 +55,11 @@ def quick() -> RunConfig:
         optim=OptimConfig(lr=1e-3, decoder_lr_mult=1.0),
         schedule=ScheduleConfig(warmup_iters=25),
         runtime=RuntimeConfig(
-            iterations=500, eval_interval=250, checkpoint_interval=250, log_interval=25
+            iterations=500,
+            eval_interval=250,
+            checkpoint_interval=250,
+            log_interval=25,
+            debug_interval=250,
         ),
         eval=EvalConfig(mode="whole", batch_size=8),
     )
