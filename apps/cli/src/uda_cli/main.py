@@ -25,7 +25,7 @@ from uda_core.errors import UdaError
 from uda_data.classes import colorize
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
-from uda_methods.published import compare_line, published_result
+from uda_methods.published import published_line
 from uda_methods.run import (
     check_names,
     checkpoint_to_resume,
@@ -276,9 +276,9 @@ def eval_command(
     report = evaluate(model, cfg, on_batch=saver)
     console.print(report.table(f"{checkpoint} (iteration {state.get('iteration', '?')})"))
     console.print(f"mIoU {100 * report.miou:.2f}")
-    published = published_result(cfg.preset, cfg.method.name, list(cfg.plugins))
-    if published is not None:
-        console.print(compare_line(report.as_dict(), published))
+    line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), report.as_dict())
+    if line is not None:
+        console.print(line)
     result = {
         "checkpoint": str(checkpoint),
         "iteration": state.get("iteration"),

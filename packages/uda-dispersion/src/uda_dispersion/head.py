@@ -109,11 +109,11 @@ class DispersionHead(nn.Module):
 
     def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         seg, disp = self.seg_features(fused), self.disp_features(fused)
+        refined = self.project(seg + self.disp_to_seg(disp))
         if self.training and not torch.is_grad_enabled():
             # a training-mode network without gradients is the EMA teacher making pseudo-labels,
             # which reads the segmentation only: skip the outputs nothing reads
-            return self.project(seg + self.disp_to_seg(disp)), {}
+            return refined, {}
         outputs = {"seg_init": self.seg_init(fused), "disp_init": self.disp_init(disp)}
-        seg, disp = seg + self.disp_to_seg(disp), disp + self.seg_to_disp(seg)
-        outputs["disp"] = self.disp_final(disp)
-        return self.project(seg), outputs
+        outputs["disp"] = self.disp_final(disp + self.seg_to_disp(seg))
+        return refined, outputs

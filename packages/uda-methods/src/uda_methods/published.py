@@ -54,3 +54,14 @@ def compare_line(report_values: dict[str, float], published: Published) -> str:
         f"{published.metric} {ours:.2f}; published {published.miou:.1f} ({published.source}, "
         f"{'GTA5' if published.metric == 'mIoU' else 'Synthia'} -> Cityscapes)"
     )
+
+
+def published_line(
+    preset: str | None,
+    method: str,
+    plugins: list[str] | tuple[str, ...],
+    report_values: dict[str, float],
+) -> str | None:
+    """``compare_line`` for a run that is a published experiment, else None."""
+    published = published_result(preset, method, plugins)
+    return None if published is None else compare_line(report_values, published)

@@ -34,7 +34,7 @@ from uda_data.rcs import RareClassSampler
 from uda_data.transforms import resize, to_tensors
 from uda_methods.config import RunConfig
 from uda_methods.presets import plugin_profile, preset
-from uda_methods.published import compare_line, published_result
+from uda_methods.published import published_line
 from uda_methods.registry import build_method_model, method_class
 
 SUBSETS = {"mIoU16": SYNTHIA_16, "mIoU13": SYNTHIA_13}
@@ -298,10 +298,11 @@ def train(
         result = build_trainer(cfg, run_dir, console).fit(state)
     except DataError as exc:
         raise UdaError(str(exc)) from None
-    published = published_result(cfg.preset, cfg.method.name, list(cfg.plugins))
-    shown = console is not None and process_state().is_main_process
-    if published is not None and result.report is not None and shown:
-        console.print(compare_line(result.report.as_dict(), published))
+    if result.report is not None and console is not None and process_state().is_main_process:
+        values = result.report.as_dict()
+        line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), values)
+        if line is not None:
+            console.print(line)
     return result
 
 
