@@ -1,6 +1,7 @@
 """Target mIoU of every method, with and without the dispersion plugin, on the embedded domains.
 
     python benchmarks/adaptation.py [--seeds 0 1 2] [--work-dir benchmarks/runs] [--set k=v ...]
+        [--runs mic mic+dispersion ...]
 
 Source-only, DAFormer, HRDA and MIC, and DAFormer, HRDA and MIC with ``--plugin dispersion``,
 each trained with ``uda train`` at the ``quick`` preset (same budget) for each seed. A run
@@ -9,7 +10,9 @@ so the benchmark can be completed over several invocations (it takes hours on 2 
 The table (mean and spread over the finished seeds, per-class IoU, and for the plugin runs the
 share of target pixels where the auxiliary network agreed with the pseudo-label, averaged
 over the logged iterations and seeds) is printed as Markdown and written to
-``<work-dir>/adaptation.json``.
+``<work-dir>/adaptation.json``. ``--runs`` limits training and the table to some runs, e.g. an
+ablation in its own work dir: ``--runs mic+dispersion --work-dir benchmarks/runs-no-hook --set
+plugins.dispersion.weight_hook=false``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ TRAINING_ORDER = [RUNS[i] for i in (0, 1, 3, 6, 2, 4, 5)]
 UDA = Path(sys.executable).with_name("uda")
 
 
+def run_label(method: str, plugin: str | None) -> str:
+    return f"{method}{'+' + plugin if plugin else ''}"
+
+
 def run_name(method: str, plugin: str | None, seed: int) -> str:
-    return f"{method}{'+' + plugin if plugin else ''}-s{seed}"
+    return f"{run_label(method, plugin)}-s{seed}"
 
 
 def final_eval(run_dir: Path) -> dict | None:
@@ -81,9 +88,12 @@ def mean_agreement(run_dir: Path) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def summarize(work_dir: Path, seeds: list[int]) -> dict:
+def summarize(work_dir: Path, seeds: list[int], runs: list[str] | None = None) -> dict:
+    """Finished seeds of each run in ``runs`` (default: all), in the order of ``RUNS``."""
     rows = {}
     for method, plugin in RUNS:
+        if runs is not None and run_label(method, plugin) not in runs:
+            continue
         evals = {s: final_eval(work_dir / run_name(method, plugin, s)) for s in seeds}
         done = {s: e for s, e in evals.items() if e is not None}
         if not done:
@@ -91,7 +101,7 @@ def summarize(work_dir: Path, seeds: list[int]) -> dict:
         mious = [100 * e["mIoU"] for e in done.values()]
         classes = next(iter(done.values()))["IoU"]
         agreements = [mean_agreement(work_dir / run_name(method, plugin, s)) for s in done]
-        rows[run_name(method, plugin, 0)[:-3]] = {
+        rows[run_label(method, plugin)] = {
             "seeds": sorted(done),
             "mIoU": mious,
             "mean": statistics.fmean(mious),
@@ -132,14 +142,22 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/runs"))
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--summary-only", action="store_true", help="Train nothing.")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=[run_label(m, p) for m, p in RUNS],
+        help="Train and report only these runs (default: all seven).",
+    )
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for seed in args.seeds:
             for method, plugin in TRAINING_ORDER:
+                if args.runs is not None and run_label(method, plugin) not in args.runs:
+                    continue
                 if final_eval(args.work_dir / run_name(method, plugin, seed)) is None:
                     train(method, plugin, seed, args.work_dir, args.sets)
-    rows = summarize(args.work_dir, args.seeds)
+    rows = summarize(args.work_dir, args.seeds, args.runs)
     (args.work_dir / "adaptation.json").write_text(json.dumps(rows, indent=2))
     print(markdown(rows))
 

@@ -212,10 +212,12 @@ def _trace(spec: dict, step, method, plugins, cuda: bool) -> None:
         if cuda:
             torch.cuda.synchronize()
     prof.export_chrome_trace(str(out / f"{spec['name']}.json"))
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     events = prof.key_averages()
+    # torch >= 2.4 names GPU time "device"; older releases only "cuda" (removed since)
+    gpu = "device" if hasattr(events[0], "device_time_total") else "cuda"
+    sort = f"self_{gpu}_time_total" if cuda else "self_cpu_time_total"
     phases = [e for e in events if e.key.startswith("phase/")]
-    total = "cuda_time_total" if cuda else "cpu_time_total"
+    total = f"{gpu}_time_total" if cuda else "cpu_time_total"
     lines = [f"{e.key:<28} {getattr(e, total) / 1e3:10.1f} ms" for e in phases]
     table = events.table(sort_by=sort, row_limit=25)
     (out / f"{spec['name']}.txt").write_text("\n".join(lines) + "\n\n" + table + "\n")

@@ -55,3 +55,11 @@ def test_only_runs_evaluated_at_their_last_iteration_count_and_enter_the_table(
     table = adaptation.markdown(rows)
     assert "| mic | 2 | 22.00 ± 2.83 | 20.00, 24.00 | - |" in table
     assert "| mic+dispersion | 1 | 25.00 ± 0.00 | 25.00 | 60 % |" in table
+
+
+def test_runs_limit_the_table_to_the_named_runs(tmp_path, adaptation):
+    fake_run(tmp_path / "mic-s0", 10, [val(10, 0.20, 0.6)])
+    fake_run(tmp_path / "mic+dispersion-s0", 10, [val(10, 0.25, 0.7)])
+    assert list(adaptation.summarize(tmp_path, [0], ["mic+dispersion"])) == ["mic+dispersion"]
+    assert list(adaptation.summarize(tmp_path, [0], ["hrda"])) == []
+    assert list(adaptation.summarize(tmp_path, [0])) == ["mic", "mic+dispersion"]
