@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,14 @@ def test_runs_limit_the_table_to_the_named_runs(tmp_path, adaptation):
     assert list(adaptation.summarize(tmp_path, [0], ["mic+dispersion"])) == ["mic+dispersion"]
     assert list(adaptation.summarize(tmp_path, [0], ["hrda"])) == []
     assert list(adaptation.summarize(tmp_path, [0])) == ["mic", "mic+dispersion"]
+
+
+def test_summary_only_prints_and_writes_the_named_runs(tmp_path):
+    fake_run(tmp_path / "mic-s0", 10, [val(10, 0.20, 0.6)])
+    fake_run(tmp_path / "mic+dispersion-s0", 10, [val(10, 0.25, 0.7)])
+    command = [sys.executable, str(SCRIPT), "--summary-only", "--seeds", "0", "--work-dir"]
+    command += [str(tmp_path), "--runs", "mic+dispersion"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "| mic+dispersion | 1 | 25.00 ± 0.00 | 25.00 | - |" in result.stdout
+    assert "| mic |" not in result.stdout
+    assert list(json.loads((tmp_path / "adaptation.json").read_text())) == ["mic+dispersion"]
