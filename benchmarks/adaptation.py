@@ -48,6 +48,11 @@ def run_name(method: str, plugin: str | None, seed: int) -> str:
     return f"{run_label(method, plugin)}-s{seed}"
 
 
+def chosen(runs: list[str] | None, order: list = RUNS) -> list[tuple[str, str | None]]:
+    """The (method, plugin) pairs of ``order`` whose label is in ``runs`` (None: all)."""
+    return [(m, p) for m, p in order if runs is None or run_label(m, p) in runs]
+
+
 def final_eval(run_dir: Path) -> dict | None:
     """The last evaluation of a finished run (None while it is unfinished)."""
     metrics, config = run_dir / "metrics.jsonl", run_dir / "config.json"
@@ -91,9 +96,7 @@ def mean_agreement(run_dir: Path) -> float | None:
 def summarize(work_dir: Path, seeds: list[int], runs: list[str] | None = None) -> dict:
     """Finished seeds of each run in ``runs`` (default: all), in the order of ``RUNS``."""
     rows = {}
-    for method, plugin in RUNS:
-        if runs is not None and run_label(method, plugin) not in runs:
-            continue
+    for method, plugin in chosen(runs):
         evals = {s: final_eval(work_dir / run_name(method, plugin, s)) for s in seeds}
         done = {s: e for s, e in evals.items() if e is not None}
         if not done:
@@ -152,9 +155,7 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for seed in args.seeds:
-            for method, plugin in TRAINING_ORDER:
-                if args.runs is not None and run_label(method, plugin) not in args.runs:
-                    continue
+            for method, plugin in chosen(args.runs, TRAINING_ORDER):
                 if final_eval(args.work_dir / run_name(method, plugin, seed)) is None:
                     train(method, plugin, seed, args.work_dir, args.sets)
     rows = summarize(args.work_dir, args.seeds, args.runs)
