@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_overrides
+from tests.data.faults import fill_disk, truncate
 from tests.data.release_trees import (
     CITYSCAPES_SCENE,
     CITYSCAPES_TRAIN_IDS,
@@ -23,6 +24,7 @@ from tests.data.release_trees import (
     train_ids_of,
     write_cityscapes,
     write_gta,
+    write_png16,
     write_synthia,
 )
 from uda_cli.main import app
@@ -223,6 +225,238 @@ def test_check_without_a_known_layout_is_one_line(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def _save(path, array, **options):
+    path.unlink(missing_ok=True)
+    Image.fromarray(array).save(path, **options)
+
+
+def _relink(path):
+    path.unlink()
+    path.symlink_to(path.with_name("gone.png"))
+
+
+def _set_label(root, value=33):
+    path = root / "labels" / "00002_labelTrainIds.png"
+    label = np.array(Image.open(path))
+    label[0, 0] = value
+    _save(path, label)
+
+
+def _depth_as_npy(root):
+    for png in sorted((root / "depth").glob("*.png")):
+        np.save(png.with_suffix(".npy"), decode_depth_anything(np.array(Image.open(png))))
+        png.unlink()
+
+
+IMAGE, LABEL = "images/00002.png", "labels/00002_labelTrainIds.png"
+DEPTH, NPY = "depth/00002.png", "depth/00002.npy"
+# case: (how to break the converted tree, the file named, what is said, depth encoding)
+BROKEN = {
+    "truncated image": (lambda r: truncate(r / IMAGE), IMAGE, "cannot be read as an image"),
+    "empty image": (lambda r: (r / IMAGE).write_bytes(b""), IMAGE, "empty file (0 bytes)"),
+    "dangling image link": (lambda r: _relink(r / IMAGE), IMAGE, "a symbolic link to"),
+    "truncated label": (lambda r: truncate(r / LABEL), LABEL, "cannot be read as an image"),
+    "empty label": (lambda r: (r / LABEL).write_bytes(b""), LABEL, "empty file (0 bytes)"),
+    "dangling label link": (lambda r: _relink(r / LABEL), LABEL, "a symbolic link to"),
+    "id outside the class set": (_set_label, LABEL, "label values [33] are not trainIds"),
+    "16-bit label": (
+        lambda r: _save(r / LABEL, np.zeros((32, 64), np.uint16)),
+        LABEL,
+        "a 16-bit grey PNG, but a trainId label is a single-channel 8-bit PNG",
+    ),
+    "RGB label": (
+        lambda r: _save(r / LABEL, np.zeros((32, 64, 3), np.uint8)),
+        LABEL,
+        "an 8-bit RGB PNG, but a trainId label",
+    ),
+    "JPEG label": (
+        lambda r: _save(r / LABEL, np.zeros((32, 64), np.uint8), format="JPEG"),
+        LABEL,
+        "a JPEG file, but a trainId label",
+    ),
+    "label of another size": (
+        lambda r: _save(r / LABEL, np.zeros((10, 10), np.uint8)),
+        LABEL,
+        "label is 10x10 but its image is 64x32",
+    ),
+    "image without label": (
+        lambda r: [(r / p).unlink() for p in (LABEL, "labels/00002.png")],
+        IMAGE,
+        "no label (expected",
+    ),
+    "label without image": (lambda r: (r / IMAGE).unlink(), LABEL, "no image (expected"),
+    "truncated depth": (lambda r: truncate(r / DEPTH), DEPTH, "cannot be read as an image"),
+    "depth of another size": (
+        lambda r: _save(r / DEPTH, np.zeros((10, 10), np.uint8)),
+        DEPTH,
+        "depth is 10x10 but its image is 64x32",
+    ),
+    "colour depth": (
+        lambda r: _save(r / DEPTH, image(0)),
+        DEPTH,
+        "an 8-bit RGB PNG of colours, not a single-channel depth map",
+    ),
+    "NaN depth": (
+        lambda r: np.save(r / NPY, np.full((32, 64), np.nan)),
+        NPY,
+        "depth holds 2048 NaN or infinite values",
+    ),
+    "infinite depth": (
+        lambda r: np.save(r / NPY, np.full((32, 64), np.inf)),
+        NPY,
+        "NaN or infinite values",
+    ),
+    "3-D depth": (
+        lambda r: np.save(r / NPY, np.ones((32, 64, 3))),
+        NPY,
+        "holds a 32x64x3 array, but a depth map is H x W",
+    ),
+    "corrupt depth": (
+        lambda r: (r / NPY).write_bytes(b"\x93NUMPY\x01\x00garbage"),
+        NPY,
+        "cannot be read as a .npy array",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def converted_gta(tmp_path_factory):
+    root = write_gta(tmp_path_factory.mktemp("pristine") / "gta", count=3)
+    assert uda("data", "convert", "gta", root, "--nproc", 1).exit_code == 0
+    return root
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_check_names_the_file_of_every_broken_tree_that_training_would_trip_on(
+    converted_gta, tmp_path, case
+):
+    root = shutil.copytree(converted_gta, tmp_path / "gta", symlinks=True)
+    breaks, name, said = BROKEN[case]
+    encoding = "float_npy" if name == NPY else "depth_anything_png"
+    if encoding == "float_npy":
+        _depth_as_npy(root)
+    breaks(root)
+    result = uda("data", "check", root, "--workers", 1)
+    assert result.exit_code == 1, result.output
+    assert said in line_with(result.output, str(root / name))
+    assert "Traceback" not in result.output
+    with pytest.raises(DataError) as raised:
+        folder = gta_folder(root, with_depth=True, depth_encoding=encoding)
+        for index in range(len(folder)):
+            folder.load(index)
+    assert "00002" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_check_warns_of_what_is_read_with_a_conversion(converted_gta, tmp_path):
+    root = shutil.copytree(converted_gta, tmp_path / "gta")
+    write_png16(root / "images" / "00001.png", np.full((32, 64, 3), 40000, np.uint16))
+    _save(root / "images" / "00003.png", image(2), format="JPEG")
+    result = uda("data", "check", root, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "16-bit, scaled to 8 bits" in line_with(result.output, "images/00001.png")
+    assert "a JPEG file named .png" in line_with(result.output, "images/00003.png")
+    assert gta_folder(root).load(0).image.max() == 156  # round(40000 * 255 / 65535)
+
+
+def test_check_json_lists_every_file_for_scripts(converted_gta, tmp_path):
+    root = shutil.copytree(converted_gta, tmp_path / "gta")
+    for name in ("00001", "00003"):
+        (root / "images" / f"{name}.png").write_bytes(b"")
+    out = tmp_path / "report" / "check.json"
+    result = uda("data", "check", root, "--workers", 1, "--json", out)
+    assert result.exit_code == 1
+    report = json.loads(out.read_text())
+    assert report["ok"] is False and report["layout"] == "gta"
+    empty = [p["file"] for p in report["problems"] if p["kind"] == "image unreadable"]
+    assert empty == [str(root / "images" / f"{n}.png") for n in ("00001", "00003")]
+    assert report["splits"][0]["images"] == 3 and report["splits"][0]["labels"] == 1
+    ok = uda("data", "check", converted_gta, "--workers", 1, "--json", out)
+    assert ok.exit_code == 0 and json.loads(out.read_text())["ok"] is True
+    blocked = uda("data", "check", root, "--json", root / "images" / "00002.png" / "x.json")
+    assert blocked.exit_code == 2 and "cannot be written (a file is in the way)" in blocked.output
+
+
+def test_check_decodes_in_parallel_with_the_same_result(converted_gta):
+    from uda_data.check import check_dataset
+    from uda_data.layouts import GTA
+
+    serial = check_dataset(converted_gta, GTA, cache_dir=converted_gta, workers=1)
+    parallel = check_dataset(converted_gta, GTA, cache_dir=converted_gta, workers=2)
+    assert serial.to_json() == parallel.to_json() and serial.to_json()["ok"]
+
+
+def test_check_says_nothing_of_statistics_rare_class_sampling_never_reads(releases, tmp_path):
+    cityscapes = shutil.copytree(releases["cityscapes"][0], tmp_path / "cityscapes")
+    for stats in cityscapes.glob("uda_class_stats_*.json"):
+        stats.unlink()
+    result = uda("data", "check", cityscapes, "--workers", 1)
+    assert result.exit_code == 0 and "class statistics" not in result.output
+    gta = shutil.copytree(releases["gta"][0], tmp_path / "gta")
+    (gta / "uda_class_stats.json").unlink()
+    note = uda("data", "check", gta, "--workers", 1).output
+    assert "no class statistics for rare class sampling yet" in note
+
+
+def test_synth_refuses_a_folder_holding_a_users_dataset(converted_gta, tmp_path):
+    root = shutil.copytree(converted_gta, tmp_path / "gta")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    result = uda("data", "synth", "--root", root, "--num-source", 1)
+    assert result.exit_code == 2
+    assert "not written by `uda data synth`" in line_with(result.output, str(root))
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    (tmp_path / "notes.txt").write_text("mine")
+    result = uda("data", "synth", "--root", tmp_path / "notes.txt")
+    assert result.exit_code == 2 and "an existing file, not a folder" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_stats_on_a_full_disk_is_one_line_and_keeps_the_old_file(
+    converted_gta, tmp_path, monkeypatch
+):
+    root = shutil.copytree(converted_gta, tmp_path / "gta")
+    stats = root / "uda_class_stats.json"
+    before = stats.read_bytes()
+    fill_disk(monkeypatch)
+    result = uda("data", "stats", root, "--force", "--workers", 1)
+    assert result.exit_code == 2
+    assert "cannot be written (no space left on device)" in line_with(result.output, str(stats))
+    assert stats.read_bytes() == before and not list(root.glob(".*.tmp"))
+    monkeypatch.undo()
+    stats.unlink()
+    stats.mkdir()
+    result = uda("data", "stats", root, "--force", "--workers", 1)
+    assert result.exit_code == 2 and "a folder is in the way" in line_with(
+        result.output, str(stats)
+    )
+
+
+def test_convert_on_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_path, monkeypatch):
+    root = write_gta(tmp_path / "gta", count=2)
+    fill_disk(monkeypatch)
+    result = uda("data", "convert", "gta", root, "--nproc", 1)
+    assert result.exit_code == 2
+    assert "cannot be written (no space left on device)" in line_with(result.output, "00001")
+    assert not list((root / "labels").glob("*_labelTrainIds.png"))
+    assert not list((root / "labels").glob(".*"))
+
+
+def test_a_broken_file_in_a_loader_worker_is_one_line_in_training(releases, tmp_path):
+    synthia = shutil.copytree(releases["synthia"][0], tmp_path / "synthia")
+    for picture in (synthia / "RGB").glob("*.png"):
+        truncate(picture)
+    sets = {
+        "data.source.layout": "synthia",
+        "data.source.root": synthia,
+        "data.workers": 1,
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    result = uda("train", "--name", "broken", *tiny_overrides(tmp_path, 2), *args)
+    assert result.exit_code == 2, result.output
+    line = line_with(result.output, str(synthia / "RGB"))
+    assert "cannot be read as an image" in line and "Traceback" not in result.output
+
+
 def test_train_and_eval_on_the_real_formats(releases, tmp_path):
     """Synthia (with depth and rare class sampling) -> Cityscapes; the embedded domains already
     train from the GTA layout."""
@@ -341,3 +575,22 @@ def test_depth_with_a_folder_that_holds_no_model_is_one_line(gta, tmp_path):
     result = uda("data", "depth", gta, "--model", tmp_path)
     assert result.exit_code == 2
     assert "cannot load a depth model" in line_with(result.output, str(tmp_path))
+
+
+def test_depth_with_a_hub_model_it_cannot_get_fails_at_once(gta, monkeypatch):
+    pytest.importorskip("transformers")
+    import uda_data.depth_anything
+
+    (gta / "depth" / "00001.png").unlink()
+    model = "depth-anything/not-cached-here"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = uda("data", "depth", gta, "--model", model)
+    assert offline.exit_code == 2
+    assert "not in the local Hugging Face cache" in line_with(offline.output, "HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(uda_data.depth_anything, "_hub_reachable", lambda: False)
+    unreachable = uda("data", "depth", gta, "--model", model)
+    assert unreachable.exit_code == 2
+    assert "hub cannot be reached" in line_with(unreachable.output, "--local-dir")
+    missing = uda("data", "depth", gta, "--model", gta / "no-model")
+    assert missing.exit_code == 2 and "no such folder" in missing.output

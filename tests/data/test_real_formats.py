@@ -89,7 +89,8 @@ def test_16_bit_millimetre_and_npy_depth(tmp_path):
 
 def test_depth_of_another_bit_depth_names_the_file_and_the_setting(trees):
     folder = gta_folder(trees["gta"], with_depth=True, depth_encoding="uint16_mm")
-    with pytest.raises(DataError, match=r"00001\.png: uint16_mm depth is a 16-bit PNG.*uint8"):
+    expected = r"00001\.png: uint16_mm depth maps are 16-bit .* an 8-bit grey PNG"
+    with pytest.raises(DataError, match=expected):
         folder.load(0)
 
 
@@ -116,3 +117,18 @@ def test_missing_synthia_labels_name_the_folder(tmp_path):
     root = write_synthia(tmp_path / "synthia", count=1)
     with pytest.raises(DataError, match=r"1 images have no label, e\.g\. .*0000000_labelTrainIds"):
         open_layout("synthia", root)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("crop", (0, 64)),
+        ("crop", (64, -1)),
+        ("val_resize", (0, 32)),
+        ("pseudo_margins", (0, -1, 0, 0)),
+    ],
+)
+def test_data_sizes_and_margins_are_bounded_at_load_time(field, value):
+    dataset = DatasetConfig(layout="gta", root="x")
+    with pytest.raises(ValueError, match=rf"{field}\.\d"):
+        DataConfig(source=dataset, target=dataset, val=dataset, **{field: value})

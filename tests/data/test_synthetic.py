@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 
 from uda_data.classes import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
 from uda_data.depth import encode_inverse_depth
+from uda_data.errors import DataError
 from uda_data.synthetic import (
     GENERATOR_VERSION,
     MANIFEST,
@@ -21,6 +24,7 @@ from uda_data.synthetic import (
     VAL_CITIES,
     SynthSpec,
     ensure_synthetic,
+    is_complete,
     render_scene,
     synthesize,
 )
@@ -199,21 +203,82 @@ def test_ensure_synthetic_skips_an_identical_dataset(dataset: Path, tmp_path: Pa
     assert marker.exists()
 
 
-def test_ensure_synthetic_regenerates_a_stale_or_partial_dataset(tmp_path: Path):
+def test_ensure_synthetic_regenerates_its_own_stale_dataset(tmp_path: Path):
     root = synthesize(tmp_path / "data", SMALL, workers=1)
-    (root / "marker").write_text("stale")
+    (root / "source" / "uda_class_stats.json").write_text("{}")  # what training writes there
     bigger = SMALL.model_copy(update={"num_source": 13})
     ensure_synthetic(root, bigger, workers=1)
-    assert not (root / "marker").exists()
+    assert not (root / "source" / "uda_class_stats.json").exists()
     assert (root / "source/images/00012.png").exists()
     assert json.loads((root / MANIFEST).read_text())["spec"]["num_source"] == 13
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
-    partial = tmp_path / "partial"
-    (partial / "source/images").mkdir(parents=True)
-    (partial / "source/images/00000.png").write_bytes(b"truncated")
-    ensure_synthetic(partial, SMALL, workers=1)
-    assert _digests(partial) == _digests(synthesize(tmp_path / "fresh", SMALL, workers=1))
-    assert not list(tmp_path.glob(".*partial-*"))
+
+@pytest.fixture
+def gta_copy(tmp_path: Path) -> Path:
+    """A folder holding a user's dataset that ``synth`` must not touch."""
+    root = tmp_path / "gta"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "00001.png").write_bytes(b"the user's file")
+    (root / "uda_class_stats.json").write_text("{}")
+    return root
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_synthesize_refuses_a_folder_it_did_not_write(gta_copy: Path):
+    before = _tree(gta_copy)
+    with pytest.raises(DataError, match=r"gta: not empty and not written by `uda data synth`"):
+        synthesize(gta_copy, SMALL, workers=1)
+    with pytest.raises(DataError, match="not written by"):
+        ensure_synthetic(gta_copy, SMALL, workers=1)
+    assert _tree(gta_copy) == before
+    assert sorted(p.name for p in gta_copy.parent.iterdir()) == ["gta"]
+
+
+def test_synthesize_refuses_its_own_tree_once_it_holds_a_users_file(tmp_path: Path):
+    root = synthesize(tmp_path / "data", SMALL, workers=1)
+    (root / "source" / "images" / "mine.png").write_bytes(b"kept")
+    with pytest.raises(DataError, match=r"it holds .*source/images/mine\.png"):
+        synthesize(root, SMALL.model_copy(update={"seed": 1}), workers=1)
+    assert (root / "source" / "images" / "mine.png").read_bytes() == b"kept"
+    assert json.loads((root / MANIFEST).read_text())["spec"]["seed"] == SMALL.seed
+
+
+def test_synthesize_refuses_a_file_or_a_link_and_accepts_an_empty_folder(tmp_path: Path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(DataError, match=r"file: an existing file, not a folder"):
+        synthesize(tmp_path / "file", SMALL, workers=1)
+    assert (tmp_path / "file").read_text() == "mine"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"link: a symbolic link"):
+        synthesize(tmp_path / "link", SMALL, workers=1)
+    (tmp_path / "empty").mkdir()
+    assert is_complete(synthesize(tmp_path / "empty", SMALL, workers=1), SMALL)
+
+
+def test_an_unwritable_root_is_one_line_and_leaves_nothing(tmp_path: Path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(DataError, match=r"file/data: cannot be written \(a file is in the way\)"):
+        synthesize(tmp_path / "file" / "data", SMALL, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_full_disk_leaves_no_partial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    written = []
+
+    def save(self, path, *args, **kwargs):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(path)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(DataError, match=r"data: cannot be written \(no space left on device\)"):
+        synthesize(tmp_path / "data", SMALL, workers=1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spec_is_frozen_and_validated():

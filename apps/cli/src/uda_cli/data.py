@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from enum import Enum
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from uda_cli.errors import fail, friendly_errors
 from uda_core.config import validate
+from uda_data.atomic import check_writable, write_bytes
 from uda_data.check import DatasetCheck, check_dataset
 from uda_data.classes import CLASSES
 from uda_data.config import default_cache_dir
@@ -150,6 +152,8 @@ def stats_command(
         root, split if found.has_splits else None, cache_dir or default_cache_dir()
     )
     reuse = path.exists() and not force
+    if not reuse:
+        check_writable(path)
     started = time.perf_counter()
     with _progress("counting class pixels", len(folder)) as progress:
         if reuse:
@@ -273,31 +277,54 @@ def check_command(
     layout: Annotated[
         LayoutName | None, typer.Option(help="Directory layout (default: detected).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes (default: one per CPU core, fewer for few files)."),
+    ] = None,
+    json_file: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write everything found, every file listed, as JSON."),
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_DIR_HELP)] = None,
 ) -> None:
-    """Verify a dataset before training: images, trainId labels, depth maps and class
-    statistics, split by split. Exits with status 1 if anything is wrong."""
+    """Verify a dataset before training: decode every image, trainId label and depth map and
+    check the class statistics, split by split. Exits with status 1 if anything is wrong."""
     found = _layout(root, layout)
-    with _progress("checking files") as progress:
+    if json_file is not None:
+        check_writable(json_file)
+    with _progress("decoding files") as progress:
         report = check_dataset(
-            root, found, cache_dir=cache_dir or default_cache_dir(), progress=progress
+            root,
+            found,
+            cache_dir=cache_dir or default_cache_dir(),
+            workers=workers,
+            progress=progress,
         )
     console.print(_check_table(report))
     for note in report.notes:
         console.print(note, style="dim", markup=False)
+    if report.warnings:
+        console.print("warnings (read with a conversion):", style="yellow")
+        _print_examples(report.warnings, style="yellow")
+    if json_file is not None:
+        write_bytes(json_file, (json.dumps(report.to_json(), indent=2) + "\n").encode())
+        console.print(f"wrote {json_file}")
     problems = report.problems
     if problems:
         console.print("problems:", style="red")
         _print_examples(problems, style="red")
+        files = sum(len(split.problems) for split in report.splits)
         raise fail(
-            f"{root}: {len(problems)} problem(s), listed above; fix them before training", code=1
+            f"{root}: {files} problem(s) of {len(problems)} kind(s), listed above; fix them"
+            " before training",
+            code=1,
         )
     console.print(f"{root}: the {found.title} dataset is ready")
 
 
 def _check_table(report: DatasetCheck) -> Table:
     table = Table(title=f"{report.layout.title} layout at {report.root}")
-    for name in ("split", "images", "sizes", "trainId labels", "depth maps", "class stats"):
+    for name in ("split", "images", "sizes", "labels", "depth", "class stats", "problems"):
         table.add_column(name, justify="left" if name in ("split", "sizes") else "right")
     for split in report.splits:
         sizes = ", ".join(f"{w}x{h}" for (w, h), _ in split.sizes.most_common(3))
@@ -311,6 +338,7 @@ def _check_table(report: DatasetCheck) -> Table:
             f"{split.labels}/{split.images}" if split.labelled else "-",
             f"{split.depth}/{split.images}{kinds}",
             split.stats,
+            str(len(split.problems)),
             style="red" if split.problems else "",
         )
     return table

@@ -12,6 +12,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from uda_data.errors import DataError, write_error
+
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file in the same folder, then rename it over ``path``."""
@@ -24,6 +26,30 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` atomically; a DataError names the path if it cannot be written."""
+    try:
+        write_atomic(path, lambda f: f.write(data))
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def check_writable(path: Path) -> None:
+    """A DataError naming ``path`` unless a file can be written there (its folder created and
+    written to, no folder in the way): checked before long work, not after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder is in the way of the file to write; move it away")
+    probe = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -1,50 +1,79 @@
 """Is a dataset ready to train on? The checks behind ``uda data check``.
 
-Every image, trainId label and depth map is opened, but only its header is read, so a check of
-GTA's 25k images takes seconds: counts per split, images paired with labels and depth maps of
-the same size, how depth is stored, and whether the rare class statistics match the labels.
-The label values themselves are validated when the statistics are counted (``uda data
-convert``), so statistics that are up to date vouch for them.
+Every image, trainId label and depth map is decoded completely, in parallel, by the readers
+that training, evaluation and conversion use (``uda_data.files``), so what would stop them is
+found here first: unreadable files (truncated, empty, dangling links), labels that are not
+single-channel 8-bit trainId maps or hold ids outside the class set, depth maps of another
+size or shape or with NaN/inf values, images without labels and labels without images,
+unconverted releases, mixed depth encodings and stale class statistics. Files that are read
+with a conversion (16-bit images, a JPEG named ``.png``, an alpha channel) are warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from uda_data.datasets import open_layout
 from uda_data.depth import DepthEncoding
 from uda_data.errors import DataError
+from uda_data.files import decode_image, depth_encoding_of, read_depth, read_label
 from uda_data.layouts import Layout
 from uda_data.rcs import ClassStats, Progress, class_stats_path
 
 Size = tuple[int, int]
 
-DEPTH_KINDS: dict[str, DepthEncoding] = {
-    "8-bit PNG": "depth_anything_png",
-    "16-bit PNG": "uint16_mm",
-    "npy": "float_npy",
+DEPTH_KINDS: dict[DepthEncoding, str] = {
+    "depth_anything_png": "8-bit PNG",
+    "uint16_mm": "16-bit PNG",
+    "float_npy": "npy",
 }
+
+FILES_PER_WORKER = 32
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A file with a problem or a warning: what kind, the file, and the line that names it."""
+
+    kind: str
+    path: Path
+    message: str
 
 
 @dataclass
 class SplitCheck:
-    """What one split holds; ``problems`` are lines that each name a file and the fix."""
+    """What one split holds and what is wrong with it."""
 
     split: str | None
     labelled: bool
     images: int = 0
     sizes: Counter[Size] = field(default_factory=Counter)
     labels: int = 0
+    """Valid trainId labels of the image's size."""
     depth: int = 0
+    """Valid depth maps of the image's size."""
     depth_kinds: Counter[str] = field(default_factory=Counter)
     stats: str = "-"
-    problems: list[str] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def group_lines(findings: list[Finding]) -> list[str]:
+    """One line per kind of finding: the first file's line and how many share it."""
+    by_kind: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_kind.setdefault(finding.kind, []).append(finding)
+    lines = []
+    for found in by_kind.values():
+        more = f" ({len(found)} files, the first shown)" if len(found) > 1 else ""
+        lines.append(f"{found[0].message}{more}")
+    return lines
 
 
 @dataclass
@@ -55,241 +84,306 @@ class DatasetCheck:
 
     @property
     def problems(self) -> list[str]:
-        return [p for split in self.splits for p in split.problems]
+        """One line per kind of problem and split (all files are in ``to_json``)."""
+        return [line for split in self.splits for line in group_lines(split.problems)]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for split in self.splits for line in group_lines(split.warnings)]
 
     @property
     def notes(self) -> list[str]:
         return [n for split in self.splits for n in split.notes]
 
+    def to_json(self) -> dict:
+        """Everything found, every file listed, for scripts (``uda data check --json``)."""
 
-def _header(path: Path) -> tuple[Size, str] | str:
-    """(size, mode) of an image file, or why it cannot be read."""
+        def entries(split: SplitCheck, findings: list[Finding]) -> list[dict]:
+            return [
+                {"split": split.split, "kind": f.kind, "file": str(f.path), "message": f.message}
+                for f in findings
+            ]
+
+        return {
+            "root": str(self.root),
+            "layout": self.layout.name,
+            "ok": not any(split.problems for split in self.splits),
+            "splits": [
+                {
+                    "split": s.split,
+                    "images": s.images,
+                    "sizes": {f"{w}x{h}": n for (w, h), n in s.sizes.most_common()},
+                    "labels": s.labels if s.labelled else None,
+                    "depth": s.depth,
+                    "depth_kinds": dict(s.depth_kinds),
+                    "class_stats": s.stats,
+                    "problems": len(s.problems),
+                    "warnings": len(s.warnings),
+                }
+                for s in self.splits
+            ],
+            "problems": [e for s in self.splits for e in entries(s, s.problems)],
+            "warnings": [e for s in self.splits for e in entries(s, s.warnings)],
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The files of one image; ``label`` is None where the split has no labels."""
+
+    image: Path
+    label: Path | None
+    original: Path | None
+    depth_png: Path
+    depth_npy: Path
+
+
+@dataclass
+class _ItemCheck:
+    size: Size | None = None
+    label_ok: bool = False
+    depth_kind: DepthEncoding | None = None
+    no_depth: bool = False
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+
+def _present(path: Path) -> bool:
+    return path.is_file() or path.is_symlink()
+
+
+def _check_item(job: _Job) -> _ItemCheck:
+    """Decode the image, label and depth map of one image (in a worker process)."""
+    out = _ItemCheck()
     try:
-        with Image.open(path) as img:
-            return img.size, img.mode
-    except (OSError, ValueError) as exc:
-        return f"{path}: cannot be read as an image ({exc})"
+        decoded = decode_image(job.image)
+        height, width = decoded.pixels.shape[:2]
+        out.size = (width, height)
+        if decoded.conversions:
+            conversions = ", ".join(decoded.conversions)
+            message = f"{job.image}: {conversions}; read as 8-bit RGB"
+            out.warnings.append(Finding(f"image: {conversions}", job.image, message))
+    except DataError as exc:
+        out.problems.append(Finding(f"image {exc.problem}", job.image, str(exc)))
+    if job.label is not None:
+        _check_label(job, out)
+    _check_depth(job, out)
+    return out
 
 
-def _depth_header(path: Path) -> tuple[Size, str] | str:
-    """(size, kind) of a depth map (a PNG or a .npy array), or why it cannot be read."""
-    if path.suffix == ".npy":
-        try:
-            shape = np.load(path, mmap_mode="r").shape
-        except (OSError, ValueError) as exc:
-            return f"{path}: cannot be read as a .npy array ({exc})"
-        if len(shape) != 2:
-            return f"{path}: holds a {shape} array, not an H x W depth map"
-        return (shape[1], shape[0]), "npy"
-    header = _header(path)
-    if isinstance(header, str):
-        return header
-    size, mode = header
-    if mode in ("L", "P", "RGB", "RGBA"):  # the loaders read the first channel
-        return size, "8-bit PNG"
-    if mode.startswith("I;16"):
-        return size, "16-bit PNG"
-    return f"{path}: a {mode} image, neither an 8-bit nor a 16-bit depth PNG"
-
-
-class _Findings:
-    """Files sharing one problem, reported as one line: how many, the first, the fix."""
-
-    def __init__(self) -> None:
-        self.found: dict[str, list[str]] = {}
-
-    def add(self, kind: str, detail: str) -> None:
-        self.found.setdefault(kind, []).append(detail)
-
-    def lines(self, fixes: dict[str, str]) -> list[str]:
-        out = []
-        for kind, details in self.found.items():
-            more = f" ({len(details)} files, the first shown)" if len(details) > 1 else ""
-            fix = f"; {fixes[kind]}" if kind in fixes else ""
-            out.append(f"{details[0]}{more}{fix}")
-        return out
-
-
-class _SplitChecker:
-    """The per-file checks of one split, gathering what they find."""
-
-    def __init__(self, root: Path, layout: Layout, split: str | None, labelled: bool) -> None:
-        self.root, self.layout, self.split = root, layout, split
-        self.result = SplitCheck(split, labelled)
-        self.findings = _Findings()
-        self.no_depth: list[Path] = []
-
-    def image(self, image: Path) -> None:
-        header = _header(image)
-        if isinstance(header, str):
-            self.findings.add("unreadable", header)
-            return
-        size, _ = header
-        self.result.sizes[size] += 1
-        if self.result.labelled:
-            self.label(image, size)
-        self.depth(image, size)
-
-    def label(self, image: Path, size: Size) -> None:
-        layout, root, split = self.layout, self.root, self.split
-        label = layout.label_of(root, split, image)
-        if not label.is_file():
-            original = layout.label_of(root, split, image, original=True)
-            if original.is_file():
-                self.findings.add("not converted", f"{original}: not converted to {label.name}")
-            else:
-                self.findings.add("no label", f"{image}: no label (expected {original})")
-            return
-        header = _header(label)
-        if isinstance(header, str):
-            self.findings.add("unreadable", header)
-            return
-        label_size, mode = header
-        if mode not in ("L", "P"):
-            self.findings.add("label format", f"{label}: a {mode} image, not 8-bit trainIds")
-        elif label_size != size:
-            self.findings.add(
-                "label size",
-                f"{label}: label is {label_size[0]}x{label_size[1]} but its image is"
-                f" {size[0]}x{size[1]}",
-            )
+def _check_label(job: _Job, out: _ItemCheck) -> None:
+    label, original = job.label, job.original
+    if not _present(label):
+        if original is not None and original.is_file():
+            message = f"{original}: not converted to {label.name}"
+            out.problems.append(Finding("not converted", original, message))
         else:
-            self.result.labels += 1
-
-    def depth(self, image: Path, size: Size) -> None:
-        png, npy = (
-            self.layout.depth_of(self.root, self.split, image, encoding)
-            for encoding in ("depth_anything_png", "float_npy")
+            message = f"{job.image}: no label (expected {original or label})"
+            out.problems.append(Finding("no label", job.image, message))
+        return
+    try:
+        values = read_label(label)
+    except DataError as exc:
+        out.problems.append(Finding(f"label {exc.problem}", label, str(exc)))
+        return
+    if out.size is not None and values.shape != (out.size[1], out.size[0]):
+        message = (
+            f"{label}: label is {values.shape[1]}x{values.shape[0]} but its image is"
+            f" {out.size[0]}x{out.size[1]}"
         )
-        path = png if png.is_file() else npy if npy.is_file() else None
-        if path is None:
-            self.no_depth.append(png)
-            return
-        header = _depth_header(path)
-        if isinstance(header, str):
-            self.findings.add("unreadable", header)
-            return
-        depth_size, kind = header
-        self.result.depth += 1
-        self.result.depth_kinds[kind] += 1
-        if depth_size != size:
-            self.findings.add(
-                "depth size",
-                f"{path}: depth is {depth_size[0]}x{depth_size[1]} but its image is"
-                f" {size[0]}x{size[1]}",
-            )
+        out.problems.append(Finding("label size", label, message))
+        return
+    out.label_ok = out.size is not None
 
-    def finish(self, cache_dir: Path) -> SplitCheck:
-        result, where = self.result, f"{self.split}: " if self.split else ""
-        if result.depth and self.no_depth:
-            self.findings.add("depth missing", f"{self.no_depth[0]}: no depth map")
-        if len(result.depth_kinds) > 1:
-            kinds = ", ".join(sorted(result.depth_kinds))
-            self.findings.add("depth mixed", f"{where}depth maps are stored as {kinds}")
-        if not result.depth:
-            result.notes.append(
-                f"{where}no depth maps (only plugins that use depth need them;"
-                f" `uda data depth {self.root}` writes them)"
-            )
-        elif len(result.depth_kinds) == 1:
-            kind = next(iter(result.depth_kinds))
-            if DEPTH_KINDS[kind] != "depth_anything_png":
-                result.notes.append(
-                    f"{where}depth maps are {kind}s: set depth_encoding: {DEPTH_KINDS[kind]}"
-                )
-        convert = f"`uda data convert {self.layout.name} {self.root}`"
-        depth = f"`uda data depth {self.root}`"
-        result.problems += self.findings.lines(
-            {
-                "unreadable": "replace those files (from the release) or regenerate them",
-                "not converted": f"convert them with {convert}",
-                "no label": "add the labels from the release or remove those images",
-                "label size": f"convert again with {convert} --size-mismatch resize",
-                "label format": f"convert again with {convert}",
-                "depth missing": f"{depth} writes the missing ones",
-                "depth size": f"delete those depth maps and run {depth}",
-                "depth mixed": "keep one depth encoding per dataset",
-            }
+
+def _check_depth(job: _Job, out: _ItemCheck) -> None:
+    path = next((p for p in (job.depth_png, job.depth_npy) if _present(p)), None)
+    if path is None:
+        out.no_depth = True
+        return
+    try:
+        encoding = depth_encoding_of(path)
+        depth = read_depth(path, encoding)
+    except DataError as exc:
+        out.problems.append(Finding(f"depth {exc.problem}", path, str(exc)))
+        return
+    if out.size is not None and depth.shape != (out.size[1], out.size[0]):
+        message = (
+            f"{path}: depth is {depth.shape[1]}x{depth.shape[0]} but its image is"
+            f" {out.size[0]}x{out.size[1]}"
         )
-        if result.labelled and result.labels == result.images:
-            result.stats = _stats_state(self.root, self.layout, self.split, cache_dir, result)
-        return result
+        out.problems.append(Finding("depth size", path, message))
+        return
+    out.depth_kind = encoding
 
 
-def check_split(
-    root: Path,
-    layout: Layout,
-    split: str | None,
-    images: list[Path],
-    *,
-    cache_dir: Path,
-    progress: Progress | None = None,
-) -> SplitCheck:
-    """Check one split of a dataset (all of it for a layout without splits)."""
+@dataclass
+class _SplitPlan:
+    result: SplitCheck
+    jobs: list[_Job]
+
+
+def _plan_split(root: Path, layout: Layout, split: str | None) -> _SplitPlan:
     where = f"{split}: " if split else ""
     # Sources (no splits) need labels; a Cityscapes split may be used without them.
     labelled = split != "test" and (not layout.has_splits or layout.label_dir(root, split).is_dir())
-    checker = _SplitChecker(root, layout, split, labelled)
-    checker.result.images = len(images)
+    result = SplitCheck(split, labelled)
+    images = layout.find_images(root, split)
+    result.images = len(images)
     if not images:
-        checker.result.problems.append(
-            f"{where}no *{layout.image_suffix}.png images in {layout.image_dir(root, split)};"
+        folder = layout.image_dir(root, split)
+        message = (
+            f"{where}no *{layout.image_suffix}.png images in {folder};"
             " check the dataset root and --layout"
         )
-        return checker.result
+        result.problems.append(Finding("no images", folder, message))
+        return _SplitPlan(result, [])
     if split == "test":
-        checker.result.notes.append("test: no public labels, not used for training or scoring")
+        result.notes.append("test: no public labels, not used for training or scoring")
     elif not labelled:
-        checker.result.notes.append(f"{where}no labels ({layout.label_dir(root, split)} missing)")
-    for i, image in enumerate(images):
-        checker.image(image)
-        if progress:
-            progress(i + 1, len(images))
-    return checker.finish(cache_dir)
-
-
-def _stats_state(
-    root: Path, layout: Layout, split: str | None, cache_dir: Path, result: SplitCheck
-) -> str:
-    path = class_stats_path(root, split, cache_dir)
-    if not path.exists():
-        result.notes.append(
-            f"{split + ': ' if split else ''}no class statistics for rare class sampling yet"
-            f" (`uda data convert {layout.name}` writes them, training counts them on first use)"
+        result.notes.append(f"{where}no labels ({layout.label_dir(root, split)} missing)")
+    jobs = [
+        _Job(
+            image,
+            layout.label_of(root, split, image) if labelled else None,
+            layout.label_of(root, split, image, original=True) if labelled else None,
+            layout.depth_of(root, split, image, "depth_anything_png"),
+            layout.depth_of(root, split, image, "float_npy"),
         )
-        return "missing"
+        for image in images
+    ]
+    if labelled:
+        result.problems += _labels_without_images(root, layout, split, set(images))
+    return _SplitPlan(result, jobs)
+
+
+def _labels_without_images(
+    root: Path, layout: Layout, split: str | None, images: set[Path]
+) -> list[Finding]:
+    found = []
+    for original in (False, True):
+        for label in layout.find_labels(root, split, original=original):
+            image = layout.image_of(root, split, label, original=original)
+            if image not in images:
+                message = f"{label}: no image (expected {image}); restore it or remove the label"
+                found.append(Finding("label without image", label, message))
+    return found
+
+
+def _finish_split(
+    root: Path, layout: Layout, plan: _SplitPlan, items: list[_ItemCheck], cache_dir: Path
+) -> SplitCheck:
+    result, where = plan.result, f"{plan.result.split}: " if plan.result.split else ""
+    depth_command = f"`uda data depth {root}`"
+    convert = f"`uda data convert {layout.name} {root}`"
+    fixes = {
+        "not converted": f"convert them with {convert}",
+        "label size": f"convert again with {convert} --size-mismatch resize",
+        "no label": "add the labels from the release or remove those images",
+    }
+    for item in items:
+        if item.size is not None:
+            result.sizes[item.size] += 1
+        result.labels += item.label_ok
+        if item.depth_kind is not None:
+            result.depth += 1
+            result.depth_kinds[DEPTH_KINDS[item.depth_kind]] += 1
+        result.problems += [
+            Finding(f.kind, f.path, f"{f.message}; {fixes[f.kind]}") if f.kind in fixes else f
+            for f in item.problems
+        ]
+        result.warnings += item.warnings
+    has_depth = any(not item.no_depth for item in items)
+    if has_depth:
+        result.problems += [
+            Finding(
+                "depth missing", job.depth_png, f"{job.depth_png}: no depth map; {depth_command}"
+            )
+            for job, item in zip(plan.jobs, items, strict=True)
+            if item.no_depth
+        ]
+    if len(result.depth_kinds) > 1:
+        kinds = ", ".join(sorted(result.depth_kinds))
+        message = f"{where}depth maps are stored as {kinds}; keep one depth encoding per dataset"
+        folder = layout.depth_dir(root, plan.result.split)
+        result.problems.append(Finding("depth mixed", folder, message))
+    if not has_depth:
+        result.notes.append(
+            f"{where}no depth maps (only plugins that use depth need them;"
+            f" {depth_command} writes them)"
+        )
+    elif len(result.depth_kinds) == 1:
+        kind = next(iter(result.depth_kinds))
+        encoding = next(e for e, k in DEPTH_KINDS.items() if k == kind)
+        if encoding != "depth_anything_png":
+            result.notes.append(f"{where}depth maps are {kind}s: set depth_encoding: {encoding}")
+    if result.labelled and not result.problems:
+        result.stats = _stats_state(root, layout, result, cache_dir)
+    return result
+
+
+def _stats_state(root: Path, layout: Layout, result: SplitCheck, cache_dir: Path) -> str:
+    """Whether the class statistics match the labels. Only rare class sampling reads them, and
+    only of a source (a layout without splits), so only there is a missing file noted."""
+    path = class_stats_path(root, result.split, cache_dir)
+    if not path.exists():
+        if not layout.has_splits:
+            result.notes.append(
+                "no class statistics for rare class sampling yet"
+                f" (`uda data convert {layout.name}` writes them, training counts them on first"
+                " use)"
+            )
+            return "missing"
+        return "-"
     try:
-        folder = open_layout(layout, root, split)
-        ClassStats.load(path).check_matches(folder, path)
+        ClassStats.load(path).check_matches(open_layout(layout, root, result.split), path)
     except DataError as exc:
-        result.problems.append(str(exc))
+        result.problems.append(Finding("class statistics", path, str(exc)))
         return "stale"
     return "up to date"
 
 
 def check_dataset(
-    root: Path, layout: Layout, *, cache_dir: Path, progress: Progress | None = None
+    root: Path,
+    layout: Layout,
+    *,
+    cache_dir: Path,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> DatasetCheck:
-    """Check every split of a dataset."""
+    """Check every split of a dataset, decoding its files in ``workers`` processes (default:
+    one per CPU core, and one per ``FILES_PER_WORKER`` images at most, as starting a process
+    takes longer than decoding a few small files)."""
     root = Path(root)
     if not (root / layout.images).is_dir():
         raise DataError(
             f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
             " check the dataset root and --layout"
         )
-    found = {split: layout.find_images(root, split) for split in layout.splits(root)}
-    if not found:
+    splits = layout.splits(root)
+    if not splits:
         raise DataError(f"{root / layout.images}: no split folders (train, val, ...) found")
-    total, done, splits = sum(len(images) for images in found.values()), 0, []
-    for split, images in found.items():
-
-        def step(n: int, _: int, offset: int = done) -> None:
-            progress(offset + n, total)
-
-        splits.append(
-            check_split(
-                root, layout, split, images, cache_dir=cache_dir, progress=progress and step
-            )
-        )
-        done += len(images)
-    return DatasetCheck(root, layout, splits)
+    plans = [_plan_split(root, layout, split) for split in splits]
+    jobs = [job for plan in plans for job in plan.jobs]
+    items: list[_ItemCheck] = []
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(jobs) // FILES_PER_WORKER)
+    with contextlib.ExitStack() as stack:
+        workers = min(workers, len(jobs))
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            chunk = max(1, min(16, len(jobs) // (8 * workers)))
+            done = pool.imap(_check_item, jobs, chunksize=chunk)
+        else:
+            done = map(_check_item, jobs)
+        for item in done:
+            items.append(item)
+            if progress:
+                progress(len(items), len(jobs))
+    results, start = [], 0
+    for plan in plans:
+        share = items[start : start + len(plan.jobs)]
+        start += len(plan.jobs)
+        results.append(_finish_split(root, layout, plan, share, cache_dir))
+    return DatasetCheck(root, layout, results)

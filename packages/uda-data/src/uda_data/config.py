@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +16,8 @@ from uda_data.rcs import Progress, RareClassSampler, class_stats_path, load_or_c
 from uda_data.synthetic import SynthSpec, ensure_synthetic
 
 SYNTHETIC_PREFIX = "@synthetic/"
+Pixels = Annotated[int, Field(gt=0)]
+Margin = Annotated[int, Field(ge=0)]
 
 
 def default_cache_dir() -> Path:
@@ -77,10 +80,16 @@ class DataConfig(_Section):
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="Where generated data is kept."
     )
-    source_resize: tuple[int, int] | None = Field(None, description="Resize source images first.")
-    target_resize: tuple[int, int] | None = Field(None, description="Resize target images first.")
-    val_resize: tuple[int, int] | None = Field(None, description="Resize val images for inference.")
-    crop: tuple[int, int] = Field((512, 512), description="Training crop (width, height).")
+    source_resize: tuple[Pixels, Pixels] | None = Field(
+        None, description="Resize source images first."
+    )
+    target_resize: tuple[Pixels, Pixels] | None = Field(
+        None, description="Resize target images first."
+    )
+    val_resize: tuple[Pixels, Pixels] | None = Field(
+        None, description="Resize val images for inference."
+    )
+    crop: tuple[Pixels, Pixels] = Field((512, 512), description="Training crop (width, height).")
     cat_max_ratio: float = Field(
         0.75, gt=0, le=1, description="Max share of one class in a source crop."
     )
@@ -95,7 +104,7 @@ class DataConfig(_Section):
     rcs: RCSConfig | None = Field(
         None, description="Rare class sampling of the source; absent: uniform source images."
     )
-    pseudo_margins: tuple[int, int, int, int] | None = Field(
+    pseudo_margins: tuple[Margin, Margin, Margin, Margin] | None = Field(
         None,
         description="(top, bottom, left, right) px of each resized target image whose "
         "pseudo-labels get weight 0, masked before cropping; hrda and mic on hrda use it.",

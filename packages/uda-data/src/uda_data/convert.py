@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_png, read_file
 
-from uda_data.atomic import save_png
+from uda_data.atomic import check_writable, save_png
 from uda_data.classes import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
-from uda_data.errors import DataError
+from uda_data.errors import DataError, write_error
+from uda_data.files import describe, image_size, open_decoded, png_header, read_png16
 from uda_data.layouts import Layout, LayoutName
 from uda_data.rcs import Progress
 
@@ -103,34 +102,19 @@ ID_TABLES: dict[LayoutName, IdTable] = {
 
 
 def read_ids(path: Path) -> np.ndarray:
-    """The class ids of a label PNG: 8-bit grey or palette indices, 16-bit grey, or the first
-    channel of a 16-bit colour PNG (Synthia)."""
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("P", "L", "I;16", "I;16B", "I"):
-                return np.array(img)
-        channels = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"{path}: cannot be read as an image ({exc}); replace it from the release"
-        ) from None
-    if channels.dtype == torch.uint8:
-        raise DataError(
-            f"{path}: an 8-bit {mode} picture of colours, not a map of class ids;"
-            " use the label files of the release"
-        )
-    return channels[0].numpy()
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: cannot be read as an image ({exc}); replace it from the release"
-        ) from None
+    """The class ids of a label PNG as released: 8-bit grey or palette indices, 16-bit grey, or
+    the first channel of a 16-bit colour PNG (Synthia). Anything else raises a DataError."""
+    img = open_decoded(path)
+    header = png_header(path)
+    if header is not None and header.bits == 16:
+        return read_png16(path)[..., 0]
+    if header is not None and img.mode in ("P", "L"):
+        return np.array(img)
+    what = f"an 8-bit {img.mode} picture of colours" if header else describe(path, img)
+    raise DataError(
+        f"{path}: {what}, not a PNG map of class ids; use the label files of the release",
+        "format",
+    )
 
 
 @dataclass(frozen=True)
@@ -154,10 +138,11 @@ class LabelResult:
 
 
 def convert_label(job: LabelJob, table: IdTable, size_mismatch: SizeMismatch) -> LabelResult:
-    """Map one label to trainIds and write it atomically; problems are returned, not raised."""
+    """Map one label to trainIds and write it atomically. Problems of the label are returned;
+    an output that cannot be written raises a DataError naming it (it would fail for all)."""
     try:
         ids = read_ids(job.label)
-        size = _image_size(job.image)
+        size = image_size(job.image)
     except DataError as exc:
         return LabelResult(job, written=False, error=str(exc))
     train_ids, unknown = table.apply(ids)
@@ -171,7 +156,7 @@ def convert_label(job: LabelJob, table: IdTable, size_mismatch: SizeMismatch) ->
     try:
         save_png(job.output, train_ids)
     except OSError as exc:
-        return LabelResult(job, False, error=f"{job.output}: cannot be written ({exc.strerror})")
+        raise write_error(job.output, exc) from None
     return LabelResult(job, True, unknown_ids=unknown, size_mismatch=mismatch)
 
 
@@ -242,10 +227,13 @@ def convert_labels(
     size_mismatch: SizeMismatch = "resize",
     progress: Progress | None = None,
 ) -> list[LabelResult]:
-    """Convert the plan's labels in ``nproc`` processes; one result per label, in plan order."""
+    """Convert the plan's labels in ``nproc`` processes; one result per label, in plan order.
+    A label folder that cannot be written is a DataError, raised before any work."""
     convert = functools.partial(
         convert_label, table=ID_TABLES[plan.layout.name], size_mismatch=size_mismatch
     )
+    for folder in sorted({job.output.parent for job in plan.jobs}):
+        check_writable(folder / f"probe{plan.layout.train_id_suffix}.png")
     results = []
     with contextlib.ExitStack() as stack:
         nproc = min(nproc, len(plan.jobs))

@@ -2,22 +2,23 @@
 
 The layouts (GTA, Synthia, Cityscapes) are described in ``uda_data.layouts``. Labels are
 trainId PNGs (run ``uda data convert`` on the original releases). Depth is read only when
-asked for.
+asked for. Files are read by the rule of ``uda_data.files``; every problem is a DataError
+that names the file, also when raised in a DataLoader worker.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
-from uda_data.classes import IGNORE_INDEX, NUM_CLASSES
-from uda_data.depth import DepthEncoding, decode_depth_anything
+from uda_data.depth import DepthEncoding
 from uda_data.errors import DataError
+from uda_data.files import read_depth, read_image, read_label
 from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Layout
 from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
 
@@ -30,57 +31,6 @@ class Item:
     image: Path
     label: Path | None
     depth: Path | None
-
-
-def _read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img)
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: cannot be read as an image ({exc}); replace or remove the file"
-        ) from None
-
-
-def read_label(path: Path) -> np.ndarray:
-    """A uint8 trainId label map; other values raise a DataError that names the file."""
-    label = _read_png(path)
-    if label.ndim == 3:
-        label = label[..., 0]
-    values = np.unique(label)
-    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
-    if len(bad):
-        raise DataError(
-            f"{path}: label values {bad[:5].tolist()} are not trainIds (0-{NUM_CLASSES - 1} or"
-            f" {IGNORE_INDEX}); convert the labels with `uda data convert`"
-        )
-    return label.astype(np.uint8)
-
-
-def read_depth(path: Path, encoding: DepthEncoding) -> np.ndarray:
-    """A float32 depth map from a file in the given encoding."""
-    if encoding == "float_npy":
-        if not path.is_file():
-            raise DataError(f"{path}: depth file is missing")
-        depth = np.load(path).astype(np.float32)
-    else:
-        raw = _read_png(path)
-        if raw.ndim == 3:
-            raw = raw[..., 0]
-        expected = np.uint8 if encoding == "depth_anything_png" else np.uint16
-        if raw.dtype != expected:
-            bits = 8 * np.dtype(expected).itemsize
-            raise DataError(
-                f"{path}: {encoding} depth is a {bits}-bit PNG, this one holds {raw.dtype};"
-                " set depth_encoding to how the maps were written"
-            )
-        if encoding == "depth_anything_png":
-            depth = decode_depth_anything(raw)
-        else:
-            depth = raw.astype(np.float32) / 1000.0
-    if not np.isfinite(depth).all():
-        raise DataError(f"{path}: depth holds NaN or infinite values; regenerate it")
-    return depth
 
 
 class SegmentationFolder(torch.utils.data.Dataset):
@@ -100,10 +50,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Sample:
         item = self.items[index]
-        image = _read_png(item.image)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        image = image[..., :3]
+        image = read_image(item.image)
         dense = {}
         if item.label is not None:
             dense["label"] = read_label(item.label)
@@ -126,6 +73,12 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _absent(path: Path) -> str:
+    if path.is_symlink():
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"{path} is missing"
+
+
 def _pair(
     images: list[Path], label_of, depth_of, name: str, with_labels: bool, with_depth: bool
 ) -> list[Item]:
@@ -142,16 +95,23 @@ def _pair(
     if missing_labels:
         raise DataError(
             f"{name}: {len(missing_labels)} images have no label,"
-            f" e.g. {missing_labels[0]} is missing;"
+            f" e.g. {_absent(missing_labels[0])};"
             " convert the labels or remove those images"
         )
     if missing_depth:
         raise DataError(
             f"{name}: {len(missing_depth)} images have no depth map,"
-            f" e.g. {missing_depth[0]} is missing;"
+            f" e.g. {_absent(missing_depth[0])};"
             " generate depth with `uda data depth` or disable what needs it"
         )
     return items
+
+
+def _unpaired_labels(
+    layout: Layout, root: Path, split: str | None, items: list[Item]
+) -> list[Path]:
+    paired = {item.label for item in items}
+    return [label for label in layout.find_labels(root, split) if label not in paired]
 
 
 def open_layout(
@@ -180,6 +140,13 @@ def open_layout(
         with_labels,
         with_depth,
     )
+    unpaired = _unpaired_labels(layout, root, split, items) if with_labels else []
+    if unpaired:
+        image = layout.image_of(root, split, unpaired[0])
+        raise DataError(
+            f"{name}: {len(unpaired)} labels have no image, e.g. {unpaired[0]} has no"
+            f" {image}; restore the images or remove those labels"
+        )
     return SegmentationFolder(name, items, depth_encoding)
 
 

@@ -9,17 +9,20 @@ image's size. Outputs are written atomically and existing ones kept, so a stoppe
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from uda_data.atomic import save_png
+from uda_data.atomic import check_writable, save_png
 from uda_data.depth import encode_relative_depth
-from uda_data.errors import DataError
+from uda_data.errors import DataError, write_error
+from uda_data.files import read_image
 from uda_data.layouts import Layout
 from uda_data.rcs import Progress
 
@@ -66,6 +69,66 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+_TRUE = {"1", "on", "yes", "true"}
+_LOCAL = (
+    "download it where there is a network (`hf download {model} --local-dir DIR`) and pass"
+    " --model DIR"
+)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (
+        os.environ.get(name, "").lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return constants.HF_HUB_OFFLINE or any(flag in _TRUE for flag in flags)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection (assumed, behind a proxy)."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return True
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _local_only(model: str) -> bool:
+    """Whether ``model`` is loaded from local files only (a folder, or a hub id in the cache
+    while the hub is offline). Fails at once, not after minutes of retries, where it cannot
+    load: a folder that does not exist, a hub id neither cached nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return True
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        what = "a file, not a model folder" if path.exists() else "no such folder"
+        raise DataError(
+            f"{model}: {what}; pass --model a folder written by save_pretrained or a hub id"
+            f" such as {DEFAULT_MODEL}"
+        )
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return _hub_offline() or not _hub_reachable()
+    if _hub_offline():
+        raise DataError(
+            f"{model}: not in the local Hugging Face cache and the hub is set offline"
+            f" (HF_HUB_OFFLINE); {_LOCAL.format(model=model)}"
+        )
+    if not _hub_reachable():
+        raise DataError(
+            f"{model}: the Hugging Face hub cannot be reached and the model is not in the local"
+            f" cache; {_LOCAL.format(model=model)} (HF_HUB_OFFLINE=1 skips the hub at once)"
+        )
+    return False
+
+
 class DepthEstimator:
     """A transformers depth model (Depth Anything v2) and its image processor on one device."""
 
@@ -78,9 +141,10 @@ class DepthEstimator:
                 " pip install 'uda-data[depth]' (or pip install transformers)"
             ) from None
         self.device = resolve_device(device)
+        local = _local_only(model)
         try:
-            self.processor = AutoImageProcessor.from_pretrained(model)
-            network = AutoModelForDepthEstimation.from_pretrained(model)
+            self.processor = AutoImageProcessor.from_pretrained(model, local_files_only=local)
+            network = AutoModelForDepthEstimation.from_pretrained(model, local_files_only=local)
         except (OSError, ValueError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(
@@ -113,12 +177,10 @@ class _Images(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | str]:
-        path = self.jobs[index].image
         try:
-            with Image.open(path) as img:
-                return index, np.array(img.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            return index, f"{path}: cannot be read as an image ({exc}); replace it"
+            return index, read_image(self.jobs[index].image)
+        except DataError as exc:
+            return index, str(exc)
 
 
 def _batches(
@@ -147,7 +209,10 @@ def write_depth(
     workers: int = 2,
     progress: Progress | None = None,
 ) -> list[str]:
-    """Estimate and write the depth map of every job; returns one line per image that failed."""
+    """Estimate and write the depth map of every job; returns one line per image that failed.
+    An output that cannot be written is a DataError naming it."""
+    for folder in sorted({job.output.parent for job in jobs}):
+        check_writable(folder / "probe.png")
     loader = torch.utils.data.DataLoader(
         _Images(jobs), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
     )
@@ -159,7 +224,10 @@ def write_depth(
         for (index, _), inverse_depth in zip(batch, predictions, strict=True):
             job = jobs[index]
             if np.isfinite(inverse_depth).all():
-                save_png(job.output, encode_relative_depth(inverse_depth))
+                try:
+                    save_png(job.output, encode_relative_depth(inverse_depth))
+                except OSError as exc:
+                    raise write_error(job.output, exc) from None
             else:
                 failed.append(f"{job.image}: the model predicted NaN or infinite depth")
         done += len(batch)

@@ -62,6 +62,27 @@ class Layout:
             self.image_dir(root, split).glob(f"*/{pattern}" if self.has_splits else pattern)
         )
 
+    def find_labels(
+        self, root: Path, split: str | None = None, *, original: bool = False
+    ) -> list[Path]:
+        """The trainId label files (``original``: the labels as released) under the label
+        folder, whether or not their image exists."""
+        suffix = self.id_suffix if original else self.train_id_suffix
+        pattern = f"*{suffix}.png"
+        found = self.label_dir(root, split).glob(f"*/{pattern}" if self.has_splits else pattern)
+        if original and not suffix:  # GTA and Synthia: the trainId labels sit beside them
+            found = (p for p in found if not p.name.endswith(f"{self.train_id_suffix}.png"))
+        return sorted(found)
+
+    def image_of(
+        self, root: Path, split: str | None, label: Path, *, original: bool = False
+    ) -> Path:
+        """The image a label file (``original``: as released) belongs to."""
+        folder = label.parent.relative_to(self.label_dir(root, split))
+        suffix = self.id_suffix if original else self.train_id_suffix
+        base = label.name.removesuffix(f"{suffix}.png")
+        return self.image_dir(root, split) / folder / f"{base}{self.image_suffix}.png"
+
     def splits(self, root: Path) -> list[str | None]:
         """The split folders found under the root (``[None]`` for a layout without splits)."""
         if not self.has_splits:

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from uda_data.atomic import write_atomic
+from uda_data.atomic import check_writable, write_bytes
 from uda_data.classes import CLASSES, NUM_CLASSES
-from uda_data.datasets import SegmentationFolder, read_label
+from uda_data.datasets import SegmentationFolder
 from uda_data.errors import DataError
+from uda_data.files import read_label
 
 Progress = Callable[[int, int], None]
 
@@ -58,7 +59,8 @@ class ClassStats:
         return total / max(int(total.sum()), 1)
 
     def save(self, path: Path) -> None:
-        """Write as JSON, atomically (a reader sees the old file or the new one, never half)."""
+        """Write as JSON, atomically (a reader sees the old file or the new one, never half);
+        a DataError names the path if it cannot be written."""
         images = [
             {"label": f, "bytes": int(s), "mtime_ns": int(m), "pixels": c.tolist()}
             for f, s, m, c in zip(self.files, self.sizes, self.mtimes, self.counts, strict=True)
@@ -72,7 +74,7 @@ class ClassStats:
             },
             separators=(",", ":"),
         )
-        write_atomic(path, lambda f: f.write(f"{text}\n".encode()))
+        write_bytes(path, f"{text}\n".encode())
 
     @classmethod
     def load(cls, path: Path) -> ClassStats:
@@ -178,6 +180,7 @@ def load_or_compute(
     loaded and checked (an empty, corrupt or stale file raises a DataError naming it)."""
     cache_path = Path(cache_path)
     if not cache_path.exists():
+        check_writable(cache_path)
         stats = compute_class_stats(folder, workers=workers, progress=progress)
         stats.save(cache_path)
         return stats
@@ -202,6 +205,7 @@ def refresh_class_stats(
             return False
         except DataError:
             pass
+    check_writable(path)
     compute_class_stats(folder, workers=workers, progress=progress).save(path)
     return True
 

@@ -13,6 +13,11 @@ Target, Cityscapes layout (splits ``train`` and ``val``, invented city names)::
 Labels are trainId PNGs (mode L), depth maps 8-bit inverse-depth PNGs as Depth Anything
 publishes them. A dataset is generated in a temporary sibling folder, ``synth.json`` is written
 last and the folder is then renamed into place, so an interrupted run never looks complete.
+
+The manifest ``synth.json`` also marks a folder as this generator's: ``root`` is replaced only
+if it is missing, empty, or a dataset it wrote holding nothing else (the class statistics that
+rare class sampling writes beside the images aside). Anything else, a user's GTA copy or an
+existing file, is refused with a DataError and left as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from uda_data.depth import encode_inverse_depth
+from uda_data.errors import DataError, write_error
 from uda_data.synthetic.appearance import Domain
 from uda_data.synthetic.render import render_scene
 from uda_data.synthetic.spec import SynthSpec
@@ -41,6 +48,9 @@ PNG_COMPRESSION = 1  # sensor noise barely compresses; faster writing matters mo
 FRAME = 19  # Cityscapes annotates the 20th frame of every snippet.
 
 Progress = Callable[[int, int], None]
+DERIVED = re.compile(r"(source|target)/uda_class_stats(_[^/]+)?\.json|(.*/)?\.[^/]+\.tmp")
+"""Files other tools write into a generated dataset (class statistics, unfinished atomic
+writes): replaced with it."""
 
 
 @dataclass(frozen=True)
@@ -96,16 +106,18 @@ def synthesize(
     workers: int = 2,
     progress: Progress | None = None,
 ) -> Path:
-    """Generates both domains into ``root``, replacing whatever was there. Returns ``root``."""
+    """Generates both domains into ``root``, replacing a dataset this generator wrote there;
+    any other content is refused (see the module docstring). Returns ``root``."""
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(root)
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     items = plan(spec)
-    for folder in sorted({str(Path(p).parent) for it in items for p in _paths(it)}):
-        (partial / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(partial, spec, item) for item in items]
     try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        for folder in sorted({str(Path(p).parent) for it in items for p in _paths(it)}):
+            (partial / folder).mkdir(parents=True, exist_ok=True)
         if workers <= 1:
             for done, job in enumerate(jobs, 1):
                 _write_item(job)
@@ -127,15 +139,76 @@ def synthesize(
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(partial, root)
+    except OSError as exc:
+        raise write_error(root, exc) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return root
 
 
+def check_replaceable(root: Path) -> None:
+    """A DataError naming what is in the way unless ``synthesize`` may write ``root``: it is
+    missing, an empty folder, or a dataset this generator wrote that holds nothing else."""
+    if root.is_symlink():
+        raise DataError(
+            f"{root}: a symbolic link; `uda data synth` writes only into a folder of its own,"
+            " pick another root"
+        )
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: an existing file, not a folder; move it or pick another root for the"
+            " embedded domains"
+        )
+    foreign = _foreign_entry(root)
+    if foreign is not None:
+        raise DataError(
+            f"{root}: not empty and not written by `uda data synth` (it holds {foreign});"
+            " nothing was changed, pick another root or empty it yourself"
+        )
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "generator_version" in manifest else None
+
+
+def _own_files(manifest: dict) -> set[str]:
+    """The files a manifest's dataset consists of (just the manifest if its spec is another
+    version's)."""
+    try:
+        spec = SynthSpec.model_validate(manifest.get("spec"))
+    except ValueError:
+        return {MANIFEST}
+    return {MANIFEST} | {p for item in plan(spec) for p in _paths(item)}
+
+
+def _foreign_entry(root: Path) -> Path | None:
+    """The first file or link under ``root`` that this generator did not write, if any."""
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return next(iter(sorted(root.iterdir())), None)
+    own = _own_files(manifest)
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        links = [d for d in dirs if (Path(folder) / d).is_symlink()]
+        for name in sorted(files) + links:
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink() or (relative not in own and not DERIVED.fullmatch(relative)):
+                return path
+    return None
+
+
 def ensure_synthetic(
     root: Path, spec: SynthSpec = SynthSpec(), progress: Progress | None = None, *, workers: int = 2
 ) -> Path:
-    """Returns ``root`` at once if it holds this spec's dataset, else (re)generates it."""
+    """Returns ``root`` at once if it holds this spec's dataset, else generates it (replacing
+    only a dataset of its own, see ``synthesize``)."""
     root = Path(root)
     if is_complete(root, spec):
         return root
@@ -171,7 +244,9 @@ def _write_item(job: tuple[Path, SynthSpec, Item]) -> None:
 
 
 def _replace(partial: Path, root: Path) -> None:
-    """Moves a finished dataset into place; the old one is removed only afterwards."""
+    """Moves a finished dataset into place; the old one, checked again, is removed only
+    afterwards."""
+    check_replaceable(root)
     if root.exists():
         stale = root.parent / f".{root.name}.stale-{os.getpid()}"
         shutil.rmtree(stale, ignore_errors=True)
