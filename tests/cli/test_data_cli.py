@@ -17,24 +17,38 @@ from tests.data.faults import fill_disk, truncate
 from tests.data.release_trees import (
     CITYSCAPES_SCENE,
     CITYSCAPES_TRAIN_IDS,
+    MAPILLARY_NAMES,
     SYNTHIA_SCENE,
     SYNTHIA_TRAIN_IDS,
     image,
     scene_ids,
     train_ids_of,
+    write_acdc,
+    write_bdd100k,
     write_cityscapes,
+    write_dark_zurich,
     write_gta,
+    write_mapillary,
     write_png16,
     write_synthia,
 )
 from uda_cli.main import app
-from uda_data.datasets import gta_folder
+from uda_data.datasets import gta_folder, open_layout
 from uda_data.depth import decode_depth_anything, encode_relative_depth
 from uda_data.errors import DataError
+from uda_data.layouts import LAYOUTS
 from uda_data.rcs import ClassStats
 
 runner = CliRunner()
-WRITERS = {"gta": write_gta, "synthia": write_synthia, "cityscapes": write_cityscapes}
+WRITERS = {
+    "gta": write_gta,
+    "synthia": write_synthia,
+    "cityscapes": write_cityscapes,
+    "acdc": write_acdc,
+    "darkzurich": write_dark_zurich,
+    "bdd100k": write_bdd100k,
+    "mapillary": write_mapillary,
+}
 
 
 def uda(*args):
@@ -67,19 +81,72 @@ def test_convert_then_check_passes(releases, layout):
     assert "converted to trainIds" in output and "class statistics written" in output
     result = uda("data", "check", root)
     assert result.exit_code == 0, result.output
-    assert f"the {layout.capitalize() if layout != 'gta' else 'GTA'} dataset is ready" in (
-        result.output
-    )
-    assert "up to date" in result.output and "8-bit PNG" in result.output
+    assert f"the {LAYOUTS[layout].title} dataset is ready" in result.output
+    assert "up to date" in result.output and "(8-bit" in result.output  # the column may wrap
 
 
 def test_cityscapes_test_split_is_skipped_and_said_so(releases):
     root, output = releases["cityscapes"]
-    assert "test: the test split has no public labels, skipped" in output
+    assert "test: the release has no labels for it, skipped" in output
     assert not (root / "gtFine" / "test").exists()
     assert (root / "uda_class_stats_train.json").is_file()
     check = uda("data", "check", root, "--layout", "cityscapes").output
     assert "test: no public labels" in check
+
+
+def test_check_covers_the_conditions_of_the_reference_or_those_chosen(releases, tmp_path):
+    report = tmp_path / "check.json"
+
+    def counts(layout, *conditions):
+        chosen = [a for c in conditions for a in ("--condition", c)]
+        result = uda(
+            "data", "check", releases[layout][0], "--workers", 1, "--json", report, *chosen
+        )
+        assert result.exit_code == 0, result.output
+        splits = json.loads(report.read_text())["splits"]
+        return {s["split"]: (s["images"], s["labels"]) for s in splits}, result.output
+
+    assert counts("acdc")[0] == {"test": (4, None), "train": (4, 4), "val": (4, 4)}
+    assert counts("acdc", "fog", "snow")[0] == {"test": (2, None), "train": (2, 2), "val": (2, 2)}
+    found, output = counts("darkzurich")
+    assert found == {"test": (1, None), "train": (2, None), "val": (2, 2)}
+    assert "train: no public labels, not scored" in output
+    found, output = counts("darkzurich", "day", "night")
+    assert found["train"] == (4, None) and "val: no day folder" in output
+    unknown = uda("data", "check", releases["acdc"][0], "--condition", "sunny")
+    assert unknown.exit_code == 2
+    assert "unknown condition sunny; choose from fog, night, rain, snow" in unknown.output
+
+
+def test_shipped_trainids_are_kept_and_bdd100k_has_nothing_to_convert(releases):
+    for layout in ("acdc", "darkzurich", "bdd100k"):
+        output = releases[layout][1]
+        assert line_with(output, "converted to trainIds").split()[-2] == "0"
+    assert line_with(releases["acdc"][1], "already converted").split()[-2] == "8"
+    bdd = releases["bdd100k"][1]
+    assert "BDD100K labels are trainIds as released: nothing to convert" in bdd
+    assert (releases["bdd100k"][0] / "uda_class_stats_val.json").is_file()
+
+
+def test_mapillary_convert_resumes_and_converts_the_splits_asked_for(tmp_path):
+    root = write_mapillary(tmp_path / "mapillary")
+    first = uda("data", "convert", "mapillary", root, "--split", "validation", "--nproc", 1)
+    assert first.exit_code == 0, first.output
+    assert line_with(first.output, "converted to trainIds").split()[-2] == "3"
+    assert (root / "uda_class_stats_validation.json").is_file()
+    assert not list((root / "training" / "labels").glob("*_labelTrainIds.png"))
+    name = MAPILLARY_NAMES["validation"][1]
+    (root / "validation" / "labels" / f"{name}_labelTrainIds.png").unlink()
+    again = uda("data", "convert", "mapillary", root, "--nproc", 1)
+    assert again.exit_code == 0, again.output
+    assert line_with(again.output, "converted to trainIds").split()[-2] == "3"  # 1 + 2 training
+    assert line_with(again.output, "already converted").split()[-2] == "2"
+    assert "testing: the release has no labels for it, skipped" in again.output
+    assert uda("data", "check", root, "--workers", 1).exit_code == 0
+    unknown = uda("data", "convert", "mapillary", root, "--split", "val")
+    assert (
+        unknown.exit_code == 2 and "no split val in the Mapillary Vistas layout" in unknown.output
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,7 +228,7 @@ def test_convert_of_a_root_in_another_layout_is_one_line(tmp_path):
     root = write_gta(tmp_path / "gta", count=1)
     result = uda("data", "convert", "cityscapes", root)
     assert result.exit_code == 2
-    assert "no leftImg8bit/ folder, so not the Cityscapes layout" in result.output
+    assert "no leftImg8bit/SPLIT/ folder, so not the Cityscapes layout" in result.output
 
 
 @pytest.fixture
@@ -481,6 +548,36 @@ def test_train_and_eval_on_the_real_formats(releases, tmp_path):
     assert 0 <= json.loads((tmp_path / "eval.json").read_text())["mIoU"] <= 1
 
 
+def test_train_from_cityscapes_to_acdc_then_eval_on_the_other_targets(releases, tmp_path):
+    """Cityscapes -> ACDC (two conditions), then the checkpoint scored on Dark Zurich, BDD100K
+    and Mapillary Vistas val."""
+    cityscapes, acdc = releases["cityscapes"][0], releases["acdc"][0]
+    sets = {
+        "data.source.layout": "cityscapes",
+        "data.source.root": cityscapes,
+        "data.target.layout": "acdc",
+        "data.target.root": acdc,
+        "data.target.conditions": "[fog, night]",
+        "data.val.layout": "acdc",
+        "data.val.root": acdc,
+        "data.val.split": "val",
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    result = uda("train", "--name", "acdc", *tiny_overrides(tmp_path, 2), *args)
+    assert result.exit_code == 0, result.output
+    assert "target mIoU" in result.output
+    saved = json.loads((tmp_path / "acdc" / "config.json").read_text())["data"]["target"]
+    assert saved["conditions"] == ["fog", "night"]
+    checkpoint = tmp_path / "acdc" / "checkpoints" / "iter_000002.pt"
+    for layout, split in (("darkzurich", "val"), ("bdd100k", "val"), ("mapillary", "validation")):
+        val = {"layout": layout, "root": releases[layout][0], "split": split}
+        overrides = [a for key, value in val.items() for a in ("--set", f"data.val.{key}={value}")]
+        output = tmp_path / f"{layout}.json"
+        evaluated = uda("eval", checkpoint, *overrides, "--output", output)
+        assert evaluated.exit_code == 0, evaluated.output
+        assert 0 <= json.loads(output.read_text())["mIoU"] <= 1
+
+
 @pytest.fixture(scope="module")
 def depth_model(tmp_path_factory):
     """A randomly initialised Depth Anything model with a tiny backbone, saved like the hub's."""
@@ -546,6 +643,28 @@ def test_depth_writes_the_maps_the_loaders_read_and_resumes(gta, depth_model):
     assert again.exit_code == 0 and "wrote 1 depth maps" in again.output
     assert "2 existed already" in again.output
     assert "nothing to do" in uda(*args).output
+
+
+def test_depth_mirrors_the_image_trees_of_acdc_dark_zurich_and_bdd100k(tmp_path, depth_model):
+    args = ("--model", depth_model, "--workers", 0, "--device", "cpu")
+    acdc = write_acdc(tmp_path / "acdc", depth=False)
+    result = uda("data", "depth", acdc, *args)
+    assert result.exit_code == 0 and "wrote 12 depth maps" in result.output, result.output
+    written = acdc / "depth" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000000_rgb_anon.png"
+    assert written.is_file() and not list((acdc / "depth").glob("*/*_ref"))
+    check = uda("data", "check", acdc, "--workers", 1)
+    assert check.exit_code == 0 and "(8-bit" in check.output, check.output
+    dark_zurich = write_dark_zurich(tmp_path / "darkzurich", depth=False)
+    night = uda("data", "depth", dark_zurich, *args)
+    assert night.exit_code == 0 and "wrote 5 depth maps" in night.output  # train, val, test
+    assert not (dark_zurich / "depth" / "train" / "day").exists()
+    day = uda("data", "depth", dark_zurich, "--condition", "day", *args)
+    assert "wrote 2 depth maps" in day.output
+    bdd = write_bdd100k(tmp_path / "bdd100k", depth=False)
+    assert "wrote 5 depth maps" in uda("data", "depth", bdd, *args).output
+    sample = open_layout("bdd100k", bdd, "val", with_depth=True).load(0)
+    raw = np.array(Image.open(bdd / "depth" / "10k" / "val" / "7d2f7975-e0c1c5a7.png"))
+    np.testing.assert_array_equal(sample.dense["depth"], decode_depth_anything(raw))
 
 
 def test_depth_names_an_unreadable_image_and_writes_the_others(gta, depth_model):

@@ -1,4 +1,5 @@
-"""Label conversion to trainIds: the tables, the 16-bit Synthia labels, resuming, the quirks."""
+"""Label conversion to trainIds: the tables, the 16-bit Synthia labels, the trainIds that ACDC,
+Dark Zurich and BDD100K ship, Mapillary's 66 classes, resuming, the quirks."""
 
 import os
 
@@ -10,17 +11,26 @@ from PIL import Image
 from tests.data.release_trees import (
     CITYSCAPES_SCENE,
     CITYSCAPES_TRAIN_IDS,
+    MAPILLARY_NAMES,
+    MAPILLARY_SCENE,
+    MAPILLARY_TRAIN_IDS,
     SYNTHIA_SCENE,
     SYNTHIA_TRAIN_IDS,
     scene_ids,
     train_ids_of,
+    write_acdc,
+    write_bdd100k,
+    write_dark_zurich,
     write_gta,
+    write_mapillary,
     write_png16,
     write_synthia,
 )
 from uda_data.classes import CLASSES
 from uda_data.convert import (
     CITYSCAPES_IDS,
+    MAPILLARY_AS_CITYSCAPES,
+    MAPILLARY_IDS,
     SYNTHIA_CLASSES,
     SYNTHIA_IDS,
     convert_labels,
@@ -28,7 +38,7 @@ from uda_data.convert import (
     read_ids,
 )
 from uda_data.errors import DataError
-from uda_data.layouts import GTA, SYNTHIA
+from uda_data.layouts import ACDC, BDD100K, DARK_ZURICH, GTA, MAPILLARY, SYNTHIA
 
 
 def test_cityscapes_table_is_the_official_definition():
@@ -48,6 +58,15 @@ def test_synthia_table_maps_ids_as_daformer_does():
     assert mapped == SYNTHIA_TRAIN_IDS
     ignored = [SYNTHIA_CLASSES[i] for i, t in enumerate(SYNTHIA_IDS.train_ids) if t == 255]
     assert ignored == ["void", "parking-slot", "road-work", "lanemarking"]
+
+
+def test_mapillary_table_maps_the_66_classes_as_hrda_does():
+    assert len(MAPILLARY_IDS.train_ids) == 66
+    mapped = {i: int(t) for i, t in enumerate(MAPILLARY_IDS.train_ids) if t != 255}
+    assert mapped == MAPILLARY_TRAIN_IDS
+    names = {name for name, _ in MAPILLARY_AS_CITYSCAPES.values()}
+    assert {"construction--flat--road", "object--vehicle--on-rails", "nature--sky"} <= names
+    assert MAPILLARY_IDS.apply(np.array([[65, 66]]))[1] == (66,)  # unlabeled is known, 66 not
 
 
 def test_unknown_ids_become_ignore_and_are_reported():
@@ -130,3 +149,49 @@ def test_unreadable_labels_are_results_not_exceptions(tmp_path):
 def test_a_root_without_the_layout_is_named(tmp_path):
     with pytest.raises(DataError, match=r"no RGB/ folder, so not the Synthia layout"):
         plan_conversion(tmp_path, SYNTHIA)
+
+
+def test_mapillary_labels_are_mapped_beside_the_originals_split_by_split(tmp_path):
+    root = write_mapillary(tmp_path / "mapillary")
+    plan = plan_conversion(root, MAPILLARY, splits=["validation"])
+    assert plan.splits == ["validation"] and len(plan.jobs) == 3
+    results = convert_labels(plan, nproc=1)
+    assert all(r.written and not r.unknown_ids for r in results)
+    for i, name in enumerate(MAPILLARY_NAMES["validation"]):
+        written = np.array(Image.open(root / "validation" / "labels" / f"{name}_labelTrainIds.png"))
+        expected = train_ids_of(scene_ids(2 + i, MAPILLARY_SCENE), MAPILLARY_TRAIN_IDS)
+        np.testing.assert_array_equal(written, expected)
+    assert not list((root / "training" / "labels").glob("*_labelTrainIds.png"))
+    assert len(plan_conversion(root, MAPILLARY).jobs) == 2  # training is still to do
+    with pytest.raises(DataError, match=r"no split val in the Mapillary Vistas layout \(found"):
+        plan_conversion(root, MAPILLARY, splits=["val"])
+
+
+@pytest.mark.parametrize("write", [write_acdc, write_dark_zurich], ids=["acdc", "darkzurich"])
+def test_shipped_trainid_labels_are_kept_and_missing_ones_made_from_label_ids(tmp_path, write):
+    root = write(tmp_path / "release")
+    layout = ACDC if write is write_acdc else DARK_ZURICH
+    shipped = sorted(root.glob("gt/**/*_gt_labelTrainIds.png"))
+    plan = plan_conversion(root, layout)
+    assert (plan.jobs, plan.up_to_date) == ([], 8 if layout is ACDC else 2)
+    for ids in root.glob("gt/**/*_gt_labelIds.png"):  # label ids newer than the shipped trainIds
+        os.utime(ids, ns=(2 * 10**18, 2 * 10**18))
+    assert plan_conversion(root, layout).jobs == []
+    removed = shipped[0]
+    expected = np.array(Image.open(removed))
+    removed.unlink()
+    (job,) = plan_conversion(root, layout).jobs
+    assert job.output == removed and job.label.name.endswith("_gt_labelIds.png")
+    (result,) = convert_labels(plan_conversion(root, layout), nproc=1)
+    assert result.written
+    np.testing.assert_array_equal(np.array(Image.open(removed)), expected)
+
+
+def test_bdd100k_ships_trainids_and_has_nothing_to_convert(tmp_path):
+    root = write_bdd100k(tmp_path / "bdd100k")
+    plan = plan_conversion(root, BDD100K)
+    assert (plan.jobs, plan.up_to_date, plan.splits) == ([], 4, ["train", "val"])
+    assert plan.skipped_splits == ["test: the release has no labels for it, skipped"]
+    (root / "labels" / "sem_seg" / "masks" / "val" / "7d2f7975-e0c1c5a7.png").unlink()
+    (missing,) = plan_conversion(root, BDD100K).missing
+    assert missing.name == "7d2f7975-e0c1c5a7.png"

@@ -111,6 +111,10 @@ class LayoutName(str, Enum):
     gta = "gta"
     synthia = "synthia"
     cityscapes = "cityscapes"
+    acdc = "acdc"
+    darkzurich = "darkzurich"
+    bdd100k = "bdd100k"
+    mapillary = "mapillary"
 
 
 class SizeMismatch(str, Enum):
@@ -122,6 +126,17 @@ def _layout(root: Path, name: LayoutName | None) -> Layout:
     return LAYOUTS[name.value] if name is not None else detect_layout(root)
 
 
+Conditions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--condition",
+        help="ACDC (fog, night, rain, snow) or Dark Zurich (day, twilight, night) condition;"
+        " repeat for several (default: the reference's, all four for ACDC, night for Dark"
+        " Zurich).",
+    ),
+]
+
+
 @app.command("stats")
 @friendly_errors
 def stats_command(
@@ -129,7 +144,8 @@ def stats_command(
     layout: Annotated[
         LayoutName | None, typer.Option(help="Directory layout (default: detected).")
     ] = None,
-    split: Annotated[str, typer.Option(help="Split folder (Cityscapes layout).")] = "train",
+    split: Annotated[str, typer.Option(help="Split folder (layouts with splits).")] = "train",
+    condition: Conditions = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes.")] = 2,
     force: Annotated[
         bool, typer.Option("--force", help="Recompute, replacing an existing statistics file.")
@@ -147,9 +163,9 @@ def stats_command(
     if temperature <= 0:
         raise fail(f"--temperature must be positive, got {temperature}")
     found = _layout(root, layout)
-    folder = open_layout(found, root, split)
+    folder = open_layout(found, root, split, conditions=condition)
     path = class_stats_path(
-        root, split if found.has_splits else None, cache_dir or default_cache_dir()
+        root, found.stats_key(split, condition), cache_dir or default_cache_dir()
     )
     reuse = path.exists() and not force
     if not reuse:
@@ -189,6 +205,11 @@ _CACHE_DIR_HELP = "Where to keep class statistics if the root is read-only (defa
 def convert_command(
     layout: Annotated[LayoutName, typer.Argument(help="Layout of the release.")],
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Split folder to convert; repeat for several (default: all)."),
+    ] = None,
+    condition: Conditions = None,
     nproc: Annotated[int, typer.Option(min=1, help="Processes.")] = 2,
     size_mismatch: Annotated[
         SizeMismatch,
@@ -200,11 +221,14 @@ def convert_command(
     cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_DIR_HELP)] = None,
 ) -> None:
     """Convert a release's labels to trainIds (*_labelTrainIds.png beside each) and count
-    their classes for rare class sampling. Resumable: converted labels are kept."""
+    their classes for rare class sampling. Resumable: converted labels, and the trainId labels
+    a release ships, are kept."""
     found = LAYOUTS[layout.value]
-    plan = plan_conversion(root, found)
+    plan = plan_conversion(root, found, conditions=condition, splits=split)
     for line in plan.skipped_splits:
         console.print(line)
+    if found.id_suffix is None:
+        console.print(f"{found.title} labels are trainIds as released: nothing to convert")
     started = time.perf_counter()
     with _progress("converting labels", len(plan.jobs)) as progress:
         results = convert_labels(
@@ -225,9 +249,9 @@ def convert_command(
         )
         return
     cache_dir = cache_dir or default_cache_dir()
-    for split in plan.splits:
-        folder = open_layout(found, root, split)
-        path = class_stats_path(root, split, cache_dir)
+    for labelled in plan.splits:
+        folder = open_layout(found, root, labelled, conditions=plan.conditions)
+        path = class_stats_path(root, found.stats_key(labelled, plan.conditions), cache_dir)
         with _progress("counting class pixels", len(folder)) as progress:
             counted = refresh_class_stats(folder, path, progress, workers=nproc)
         console.print(f"class statistics {'written' if counted else 'up to date'}: {path}")
@@ -277,6 +301,7 @@ def check_command(
     layout: Annotated[
         LayoutName | None, typer.Option(help="Directory layout (default: detected).")
     ] = None,
+    condition: Conditions = None,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Processes (default: one per CPU core, fewer for few files)."),
@@ -296,6 +321,7 @@ def check_command(
         report = check_dataset(
             root,
             found,
+            conditions=condition,
             cache_dir=cache_dir or default_cache_dir(),
             workers=workers,
             progress=progress,
@@ -351,6 +377,7 @@ def depth_command(
     layout: Annotated[
         LayoutName | None, typer.Option(help="Directory layout (default: detected).")
     ] = None,
+    condition: Conditions = None,
     model: Annotated[
         str, typer.Option(help="Depth Anything v2 weights: a local folder or a hub id.")
     ] = DEFAULT_MODEL,
@@ -363,7 +390,7 @@ def depth_command(
     """Write a Depth Anything v2 depth map (8-bit PNG under ROOT/depth) for every image
     without one. Resumable: existing maps are kept."""
     found = _layout(root, layout)
-    jobs, existing = plan_depth(root, found)
+    jobs, existing = plan_depth(root, found, condition)
     if not jobs:
         console.print(f"all {existing} images have a depth map in {root / 'depth'}; nothing to do")
         return

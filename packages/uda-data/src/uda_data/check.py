@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from uda_data.datasets import open_layout
 from uda_data.depth import DepthEncoding
 from uda_data.errors import DataError
 from uda_data.files import decode_image, depth_encoding_of, read_depth, read_label
-from uda_data.layouts import Layout
+from uda_data.layouts import Folders, Layout
 from uda_data.rcs import ClassStats, Progress, class_stats_path
 
 Size = tuple[int, int]
@@ -221,58 +222,74 @@ def _check_depth(job: _Job, out: _ItemCheck) -> None:
 @dataclass
 class _SplitPlan:
     result: SplitCheck
+    folders: list[Folders]
     jobs: list[_Job]
 
 
-def _plan_split(root: Path, layout: Layout, split: str | None) -> _SplitPlan:
+def _plan_split(
+    root: Path, layout: Layout, split: str | None, conditions: Sequence[str] | None
+) -> _SplitPlan:
     where = f"{split}: " if split else ""
-    # Sources (no splits) need labels; a Cityscapes split may be used without them.
-    labelled = split != "test" and (not layout.has_splits or layout.label_dir(root, split).is_dir())
+    folders = layout.folders(root, split, conditions)
+    # Sources (no splits) need labels; a split may be a target's unlabelled images.
+    labelled = split not in layout.unlabelled_splits and (
+        not layout.has_splits or any(f.labels.is_dir() for f in folders)
+    )
     result = SplitCheck(split, labelled)
-    images = layout.find_images(root, split)
-    result.images = len(images)
-    if not images:
-        folder = layout.image_dir(root, split)
-        message = (
-            f"{where}no *{layout.image_suffix}.png images in {folder};"
-            " check the dataset root and --layout"
-        )
-        result.problems.append(Finding("no images", folder, message))
-        return _SplitPlan(result, [])
-    if split == "test":
-        result.notes.append("test: no public labels, not used for training or scoring")
+    for folder in folders:
+        if folder.condition and not folder.images.is_dir():
+            # Dark Zurich has day and twilight for train only; a run on such a split fails
+            # with one line naming the folder.
+            result.notes.append(f"{where}no {folder.condition} folder ({folder.images})")
+        elif not folder.find_images():
+            message = (
+                f"{where}no *{layout.image_suffix}{layout.image_ext} images in {folder.images};"
+                " check the dataset root, --layout and --condition"
+            )
+            result.problems.append(Finding("no images", folder.images, message))
+    if split in layout.unlabelled_splits:
+        result.notes.append(f"{where}no public labels, not scored")
     elif not labelled:
-        result.notes.append(f"{where}no labels ({layout.label_dir(root, split)} missing)")
+        missing = " and ".join(str(f.labels) for f in folders)
+        result.notes.append(f"{where}no labels ({missing} missing)")
     jobs = [
         _Job(
             image,
-            layout.label_of(root, split, image) if labelled else None,
-            layout.label_of(root, split, image, original=True) if labelled else None,
-            layout.depth_of(root, split, image, "depth_anything_png"),
-            layout.depth_of(root, split, image, "float_npy"),
+            folder.label_of(image) if labelled else None,
+            folder.id_label_of(image) if labelled else None,
+            folder.depth_of(image, "depth_anything_png"),
+            folder.depth_of(image, "float_npy"),
         )
-        for image in images
+        for folder in folders
+        for image in folder.find_images()
     ]
+    result.images = len(jobs)
     if labelled:
-        result.problems += _labels_without_images(root, layout, split, set(images))
-    return _SplitPlan(result, jobs)
+        result.problems += _labels_without_images(folders)
+    return _SplitPlan(result, folders, jobs)
 
 
-def _labels_without_images(
-    root: Path, layout: Layout, split: str | None, images: set[Path]
-) -> list[Finding]:
+def _labels_without_images(folders: list[Folders]) -> list[Finding]:
     found = []
-    for original in (False, True):
-        for label in layout.find_labels(root, split, original=original):
-            image = layout.image_of(root, split, label, original=original)
-            if image not in images:
-                message = f"{label}: no image (expected {image}); restore it or remove the label"
-                found.append(Finding("label without image", label, message))
+    for folder in folders:
+        images = set(folder.find_images())
+        for ids, labels in ((False, folder.find_labels()), (True, folder.find_id_labels())):
+            for label in labels:
+                image = folder.image_of(label, ids=ids)
+                if image not in images:
+                    message = (
+                        f"{label}: no image (expected {image}); restore it or remove the label"
+                    )
+                    found.append(Finding("label without image", label, message))
     return found
 
 
 def _finish_split(
-    root: Path, layout: Layout, plan: _SplitPlan, items: list[_ItemCheck], cache_dir: Path
+    root: Path,
+    layout: Layout,
+    plan: _SplitPlan,
+    items: list[_ItemCheck],
+    cache_dir: Path,
 ) -> SplitCheck:
     result, where = plan.result, f"{plan.result.split}: " if plan.result.split else ""
     depth_command = f"`uda data depth {root}`"
@@ -306,8 +323,7 @@ def _finish_split(
     if len(result.depth_kinds) > 1:
         kinds = ", ".join(sorted(result.depth_kinds))
         message = f"{where}depth maps are stored as {kinds}; keep one depth encoding per dataset"
-        folder = layout.depth_dir(root, plan.result.split)
-        result.problems.append(Finding("depth mixed", folder, message))
+        result.problems.append(Finding("depth mixed", plan.folders[0].depth, message))
     if not has_depth:
         result.notes.append(
             f"{where}no depth maps (only plugins that use depth need them;"
@@ -319,14 +335,16 @@ def _finish_split(
         if encoding != "depth_anything_png":
             result.notes.append(f"{where}depth maps are {kind}s: set depth_encoding: {encoding}")
     if result.labelled and not result.problems:
-        result.stats = _stats_state(root, layout, result, cache_dir)
+        result.stats = _stats_state(root, plan, cache_dir)
     return result
 
 
-def _stats_state(root: Path, layout: Layout, result: SplitCheck, cache_dir: Path) -> str:
+def _stats_state(root: Path, plan: _SplitPlan, cache_dir: Path) -> str:
     """Whether the class statistics match the labels. Only rare class sampling reads them, and
     only of a source (a layout without splits), so only there is a missing file noted."""
-    path = class_stats_path(root, result.split, cache_dir)
+    result, layout = plan.result, plan.folders[0].layout
+    conditions = [f.condition for f in plan.folders if f.condition]
+    path = class_stats_path(root, layout.stats_key(result.split, conditions), cache_dir)
     if not path.exists():
         if not layout.has_splits:
             result.notes.append(
@@ -337,7 +355,8 @@ def _stats_state(root: Path, layout: Layout, result: SplitCheck, cache_dir: Path
             return "missing"
         return "-"
     try:
-        ClassStats.load(path).check_matches(open_layout(layout, root, result.split), path)
+        folder = open_layout(layout, root, result.split, conditions=conditions)
+        ClassStats.load(path).check_matches(folder, path)
     except DataError as exc:
         result.problems.append(Finding("class statistics", path, str(exc)))
         return "stale"
@@ -348,23 +367,19 @@ def check_dataset(
     root: Path,
     layout: Layout,
     *,
+    conditions: Sequence[str] | None = None,
     cache_dir: Path,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> DatasetCheck:
     """Check every split of a dataset, decoding its files in ``workers`` processes (default:
     one per CPU core, and one per ``FILES_PER_WORKER`` images at most, as starting a process
-    takes longer than decoding a few small files)."""
+    takes longer than decoding a few small files). ``conditions``: the ACDC or Dark Zurich
+    conditions to check (default: the layout's)."""
     root = Path(root)
-    if not (root / layout.images).is_dir():
-        raise DataError(
-            f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
-            " check the dataset root and --layout"
-        )
-    splits = layout.splits(root)
-    if not splits:
-        raise DataError(f"{root / layout.images}: no split folders (train, val, ...) found")
-    plans = [_plan_split(root, layout, split) for split in splits]
+    layout.require_root(root, conditions)
+    splits = layout.splits(root, conditions)
+    plans = [_plan_split(root, layout, split, conditions) for split in splits]
     jobs = [job for plan in plans for job in plan.jobs]
     items: list[_ItemCheck] = []
     if workers is None:

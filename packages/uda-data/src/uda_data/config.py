@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from uda_data.datasets import EvalSet, SegmentationFolder, TrainPipeline, open_layout
 from uda_data.depth import DepthEncoding
@@ -33,16 +33,30 @@ class DatasetConfig(_Section):
     """One dataset split on disk."""
 
     layout: LayoutName = Field(
-        description="Directory layout of the release: gta, synthia or cityscapes."
+        description="Directory layout of the release: gta, synthia, cityscapes, acdc,"
+        " darkzurich, bdd100k or mapillary."
     )
     root: str = Field(
         min_length=1,
         description="Dataset root; '@synthetic/source' or '@synthetic/target': embedded domains.",
     )
-    split: str = Field("train", description="Split folder (Cityscapes layout).")
+    split: str = Field(
+        "train",
+        description="Split folder (layouts with splits; Mapillary: training, validation).",
+    )
+    conditions: tuple[str, ...] | None = Field(
+        None,
+        description="ACDC (fog, night, rain, snow) or Dark Zurich (day, twilight, night)"
+        " conditions used together; default: the reference's (all four; night).",
+    )
     depth_encoding: DepthEncoding = Field(
         "depth_anything_png", description="How depth maps are stored."
     )
+
+    @model_validator(mode="after")
+    def _known_conditions(self) -> DatasetConfig:
+        LAYOUTS[self.layout].choose_conditions(self.conditions)
+        return self
 
 
 class RCSConfig(_Section):
@@ -135,6 +149,7 @@ def open_folder(
         which.layout,
         data.resolve_root(which, progress),
         which.split,
+        conditions=which.conditions,
         with_labels=with_labels,
         with_depth=with_depth,
         depth_encoding=which.depth_encoding,
@@ -151,7 +166,7 @@ def source_sampler(
     source = data.source
     path = class_stats_path(
         data.resolve_root(source),
-        source.split if LAYOUTS[source.layout].has_splits else None,
+        LAYOUTS[source.layout].stats_key(source.split, source.conditions),
         data.cache_dir,
     )
     stats = load_or_compute(folder, path, progress, workers=max(data.workers, 1))

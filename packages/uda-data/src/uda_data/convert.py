@@ -1,13 +1,16 @@
 """Labels of the releases to the trainIds the loaders read (``uda data convert``).
 
-GTA and Cityscapes label pixels with Cityscapes label ids, mapped to trainIds by the official
-definitions (``cityscapesscripts.helpers.labels``). Synthia labels them with its own class ids,
-in the first channel of 16-bit PNGs (which Pillow cannot read, so they are decoded by
-torchvision), mapped as DAFormer's converter maps them. Ids outside a release's definitions are
-unknown: they become 255 (ignored) and are reported.
+GTA, Cityscapes, ACDC and Dark Zurich label pixels with Cityscapes label ids, mapped to trainIds
+by the official definitions (``cityscapesscripts.helpers.labels``). Synthia labels them with its
+own class ids, in the first channel of 16-bit PNGs (which Pillow cannot read, so they are
+decoded by torchvision), mapped as DAFormer's converter maps them; Mapillary Vistas v1.2 with
+its 66 class ids (palette indices), mapped to the 19 Cityscapes classes as HRDA maps them. Ids
+outside a release's definitions are unknown: they become 255 (ignored) and are reported.
 
 Each trainId label is written atomically beside its original, so the conversion is resumable:
-a label whose output exists and is newer is left as it is.
+a label whose output exists and is newer is left as it is. The trainId labels that ACDC, Dark
+Zurich and BDD100K ship are kept as they are; only missing ones are written, from the label
+ids.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +31,7 @@ from uda_data.atomic import check_writable, save_png
 from uda_data.classes import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
 from uda_data.errors import DataError, write_error
 from uda_data.files import describe, image_size, open_decoded, png_header, read_png16
-from uda_data.layouts import Layout, LayoutName
+from uda_data.layouts import Layout, LayoutName, as_pattern
 from uda_data.rcs import Progress
 
 SizeMismatch = Literal["resize", "skip"]
@@ -62,6 +66,38 @@ SYNTHIA_CLASSES = (
 # have no Cityscapes class and are ignored.
 _SYNTHIA_AS_CITYSCAPES = {"pedestrian": "person"}
 
+# Mapillary Vistas v1.2 class ids (their order in the release's config.json) -> the Cityscapes
+# class, as HRDA's tools/convert_datasets/mapillary.py maps them for domain generalisation
+# (github.com/lhoyer/HRDA); the other 41 of the 66 classes are ignored.
+MAPILLARY_AS_CITYSCAPES = {
+    13: ("construction--flat--road", "road"),
+    24: ("marking--general", "road"),
+    41: ("object--manhole", "road"),
+    2: ("construction--barrier--curb", "sidewalk"),
+    15: ("construction--flat--sidewalk", "sidewalk"),
+    17: ("construction--structure--building", "building"),
+    6: ("construction--barrier--wall", "wall"),
+    3: ("construction--barrier--fence", "fence"),
+    45: ("object--support--pole", "pole"),
+    47: ("object--support--utility-pole", "pole"),
+    48: ("object--traffic-light", "traffic light"),
+    50: ("object--traffic-sign--front", "traffic sign"),
+    30: ("nature--vegetation", "vegetation"),
+    29: ("nature--terrain", "terrain"),
+    27: ("nature--sky", "sky"),
+    19: ("human--person", "person"),
+    20: ("human--rider--bicyclist", "rider"),
+    21: ("human--rider--motorcyclist", "rider"),
+    22: ("human--rider--other-rider", "rider"),
+    55: ("object--vehicle--car", "car"),
+    61: ("object--vehicle--truck", "truck"),
+    54: ("object--vehicle--bus", "bus"),
+    58: ("object--vehicle--on-rails", "train"),
+    57: ("object--vehicle--motorcycle", "motorcycle"),
+    52: ("object--vehicle--bicycle", "bicycle"),
+}
+MAPILLARY_NUM_CLASSES = 66
+
 
 @dataclass(frozen=True)
 class IdTable:
@@ -92,13 +128,25 @@ def _synthia_table() -> IdTable:
     return IdTable("Synthia class ids", train_ids)
 
 
+def _mapillary_table() -> IdTable:
+    train_ids = np.full(MAPILLARY_NUM_CLASSES, IGNORE_INDEX, np.uint8)
+    for mapillary_id, (_, name) in MAPILLARY_AS_CITYSCAPES.items():
+        train_ids[mapillary_id] = TRAIN_ID[name]
+    return IdTable("Mapillary Vistas v1.2 class ids", train_ids)
+
+
 CITYSCAPES_IDS = _cityscapes_table()
 SYNTHIA_IDS = _synthia_table()
+MAPILLARY_IDS = _mapillary_table()
 ID_TABLES: dict[LayoutName, IdTable] = {
     "gta": CITYSCAPES_IDS,
     "synthia": SYNTHIA_IDS,
     "cityscapes": CITYSCAPES_IDS,
+    "acdc": CITYSCAPES_IDS,
+    "darkzurich": CITYSCAPES_IDS,
+    "mapillary": MAPILLARY_IDS,
 }
+"""The id space of each layout's labels as released (BDD100K ships trainIds only)."""
 
 
 def read_ids(path: Path) -> np.ndarray:
@@ -166,11 +214,14 @@ class ConversionPlan:
 
     layout: Layout
     root: Path
+    conditions: tuple[str, ...] = ()
+    """The ACDC or Dark Zurich conditions looked at."""
     jobs: list[LabelJob] = field(default_factory=list)
     up_to_date: int = 0
-    """trainId labels newer than their original (or whose original was removed): kept."""
+    """trainId labels kept: newer than their original, whose original was removed, or
+    shipped by the release."""
     missing: list[Path] = field(default_factory=list)
-    """Original labels expected for images that have neither it nor a trainId label."""
+    """Labels expected for images that have neither it nor a trainId label."""
     splits: list[str | None] = field(default_factory=list)
     """Splits with labels (``[None]`` for a layout without splits)."""
     skipped_splits: list[str] = field(default_factory=list)
@@ -181,43 +232,60 @@ def _is_newer(output: Path, original: Path) -> bool:
     return output.is_file() and output.stat().st_mtime_ns >= original.stat().st_mtime_ns
 
 
-def plan_conversion(root: Path, layout: Layout) -> ConversionPlan:
-    """The labels of a dataset still to convert; a DataError if it holds no labels at all."""
+def plan_conversion(
+    root: Path,
+    layout: Layout,
+    *,
+    conditions: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+) -> ConversionPlan:
+    """The labels of a dataset still to convert (of the ``splits`` given, else of all), and
+    those kept; a DataError if it holds no labels at all."""
     root = Path(root)
-    if not (root / layout.images).is_dir():
+    layout.require_root(root, conditions)
+    plan = ConversionPlan(layout, root, layout.choose_conditions(conditions))
+    if splits and not layout.has_splits:
+        raise DataError(f"{root}: the {layout.title} layout has no splits; leave out --split")
+    found = layout.splits(root, conditions)
+    unknown = sorted(set(splits or ()) - set(found))
+    if unknown:
         raise DataError(
-            f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
-            " check the dataset root"
+            f"{root}: no split {', '.join(unknown)} in the {layout.title} layout"
+            f" (found {', '.join(found)})"
         )
-    plan = ConversionPlan(layout, root)
-    for split in layout.splits(root):
-        if split == "test":
-            plan.skipped_splits.append("test: the test split has no public labels, skipped")
+    for split in sorted(set(splits)) if splits else found:
+        if split in layout.unlabelled_splits:
+            plan.skipped_splits.append(f"{split}: the release has no labels for it, skipped")
             continue
-        if not layout.label_dir(root, split).is_dir():
-            where = layout.label_dir(root, split).relative_to(root)
+        folders = layout.folders(root, split, conditions)
+        if not any(folder.labels.is_dir() for folder in folders):
+            missing = folders[0].labels.relative_to(root)
             name = f"{split}: " if split else ""
-            plan.skipped_splits.append(f"{name}no labels ({where}/ is missing), skipped")
+            plan.skipped_splits.append(f"{name}no labels ({missing}/ is missing), skipped")
             continue
         plan.splits.append(split)
-        for image in layout.find_images(root, split):
-            original = layout.label_of(root, split, image, original=True)
-            output = layout.label_of(root, split, image)
-            if not original.is_file():
-                if output.is_file():
-                    plan.up_to_date += 1
-                else:
-                    plan.missing.append(original)
-            elif _is_newer(output, original):
-                plan.up_to_date += 1
-            else:
-                plan.jobs.append(LabelJob(image, original, output))
+        for folder in folders:
+            for image in folder.find_images():
+                _plan_label(plan, image, folder.label_of(image), folder.id_label_of(image))
     if not plan.splits:
         raise DataError(
-            f"{root}: no labels in {layout.labels}/ ({'; '.join(plan.skipped_splits)});"
-            " check the dataset root"
+            f"{root}: no labels in {as_pattern(layout.labels)}/"
+            f" ({'; '.join(plan.skipped_splits)}); check the dataset root"
         )
     return plan
+
+
+def _plan_label(plan: ConversionPlan, image: Path, output: Path, original: Path | None) -> None:
+    """One image's label into the plan: kept, to convert, or missing."""
+    released = original is not None and original.is_file()
+    if output.is_file() and (
+        plan.layout.ships_train_ids or not released or _is_newer(output, original)
+    ):
+        plan.up_to_date += 1
+    elif released:
+        plan.jobs.append(LabelJob(image, original, output))
+    else:
+        plan.missing.append(original or output)
 
 
 def convert_labels(
@@ -229,6 +297,8 @@ def convert_labels(
 ) -> list[LabelResult]:
     """Convert the plan's labels in ``nproc`` processes; one result per label, in plan order.
     A label folder that cannot be written is a DataError, raised before any work."""
+    if not plan.jobs:
+        return []
     convert = functools.partial(
         convert_label, table=ID_TABLES[plan.layout.name], size_mismatch=size_mismatch
     )

@@ -1,14 +1,16 @@
 """Datasets in the layouts of the real releases, and the views training and evaluation use.
 
-The layouts (GTA, Synthia, Cityscapes) are described in ``uda_data.layouts``. Labels are
-trainId PNGs (run ``uda data convert`` on the original releases). Depth is read only when
-asked for. Files are read by the rule of ``uda_data.files``; every problem is a DataError
-that names the file, also when raised in a DataLoader worker.
+The layouts (GTA, Synthia, Cityscapes, ACDC, Dark Zurich, BDD100K, Mapillary Vistas) are
+described in ``uda_data.layouts``. Labels are trainId PNGs (run ``uda data convert`` on the
+original releases). Depth is read only when asked for. Files are read by the rule of
+``uda_data.files``; every problem is a DataError that names the file, also when raised in a
+DataLoader worker.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ import torch
 from uda_data.depth import DepthEncoding
 from uda_data.errors import DataError
 from uda_data.files import read_depth, read_image, read_label
-from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Layout
+from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Folders, Layout
 from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
 
 if TYPE_CHECKING:
@@ -80,18 +82,23 @@ def _absent(path: Path) -> str:
 
 
 def _pair(
-    images: list[Path], label_of, depth_of, name: str, with_labels: bool, with_depth: bool
+    folders: list[Folders],
+    name: str,
+    with_labels: bool,
+    with_depth: bool,
+    depth_encoding: DepthEncoding,
 ) -> list[Item]:
     items = []
     missing_labels, missing_depth = [], []
-    for image in images:
-        label = label_of(image) if with_labels else None
-        depth = depth_of(image) if with_depth else None
-        if label is not None and not label.is_file():
-            missing_labels.append(label)
-        if depth is not None and not depth.is_file():
-            missing_depth.append(depth)
-        items.append(Item(image, label, depth))
+    for where in folders:
+        for image in where.find_images():
+            label = where.label_of(image) if with_labels else None
+            depth = where.depth_of(image, depth_encoding) if with_depth else None
+            if label is not None and not label.is_file():
+                missing_labels.append(label)
+            if depth is not None and not depth.is_file():
+                missing_depth.append(depth)
+            items.append(Item(image, label, depth))
     if missing_labels:
         raise DataError(
             f"{name}: {len(missing_labels)} images have no label,"
@@ -107,11 +114,14 @@ def _pair(
     return items
 
 
-def _unpaired_labels(
-    layout: Layout, root: Path, split: str | None, items: list[Item]
-) -> list[Path]:
+def _unpaired_label(folders: list[Folders], items: list[Item]) -> tuple[int, str]:
+    """How many trainId labels have no image, and a line naming the first."""
     paired = {item.label for item in items}
-    return [label for label in layout.find_labels(root, split) if label not in paired]
+    unpaired = [(w, label) for w in folders for label in w.find_labels() if label not in paired]
+    if not unpaired:
+        return 0, ""
+    where, label = unpaired[0]
+    return len(unpaired), f"{label} has no {where.image_of(label)}"
 
 
 def open_layout(
@@ -119,33 +129,32 @@ def open_layout(
     root: Path,
     split: str | None = None,
     *,
+    conditions: Sequence[str] | None = None,
     with_labels: bool = True,
     with_depth: bool = False,
     depth_encoding: DepthEncoding = "depth_anything_png",
 ) -> SegmentationFolder:
-    """A dataset (one split of it, for Cityscapes) in one of the release layouts."""
+    """A dataset (one split of it, for layouts with splits) in one of the release layouts;
+    ``conditions``: the ACDC or Dark Zurich conditions to use together (default: the
+    layout's)."""
     layout = LAYOUTS[layout] if isinstance(layout, str) else layout
     root = Path(root)
-    split = split if layout.has_splits else None
+    folders = layout.folders(root, split, conditions)
     what = f"{layout.title} layout"
-    _require_dir(layout.image_dir(root, split), what)
-    if with_labels:
-        _require_dir(layout.label_dir(root, split), what)
-    name = f"{what} at {root}" + (f" ({split})" if split else "")
-    items = _pair(
-        layout.find_images(root, split),
-        lambda p: layout.label_of(root, split, p),
-        lambda p: layout.depth_of(root, split, p, depth_encoding),
-        name,
-        with_labels,
-        with_depth,
-    )
-    unpaired = _unpaired_labels(layout, root, split, items) if with_labels else []
-    if unpaired:
-        image = layout.image_of(root, split, unpaired[0])
+    for where in folders:
+        _require_dir(where.images, what)
+        if with_labels:
+            _require_dir(where.labels, what)
+    split = folders[0].split
+    chosen = "+".join(w.condition for w in folders if w.condition)
+    scope = ", ".join(part for part in (split, chosen) if part)
+    name = f"{what} at {root}" + (f" ({scope})" if scope else "")
+    items = _pair(folders, name, with_labels, with_depth, depth_encoding)
+    count, example = _unpaired_label(folders, items) if with_labels else (0, "")
+    if count:
         raise DataError(
-            f"{name}: {len(unpaired)} labels have no image, e.g. {unpaired[0]} has no"
-            f" {image}; restore the images or remove those labels"
+            f"{name}: {count} labels have no image, e.g. {example};"
+            " restore the images or remove those labels"
         )
     return SegmentationFolder(name, items, depth_encoding)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,24 +35,24 @@ class DepthJob:
     output: Path
 
 
-def plan_depth(root: Path, layout: Layout) -> tuple[list[DepthJob], int]:
-    """The images of every split still without a depth map, and how many already have one."""
+def plan_depth(
+    root: Path, layout: Layout, conditions: Sequence[str] | None = None
+) -> tuple[list[DepthJob], int]:
+    """The images of every split (of the ACDC or Dark Zurich ``conditions``, default: the
+    layout's) still without a depth map, and how many already have one."""
     root = Path(root)
-    if not (root / layout.images).is_dir():
-        raise DataError(
-            f"{root}: no {layout.images}/ folder, so not the {layout.title} layout;"
-            " check the dataset root and --layout"
-        )
+    layout.require_root(root, conditions)
     jobs, existing = [], 0
-    for split in layout.splits(root):
-        for image in layout.find_images(root, split):
-            output = layout.depth_of(root, split, image, "depth_anything_png")
-            if output.is_file():
-                existing += 1
-            else:
-                jobs.append(DepthJob(image, output))
+    for split in layout.splits(root, conditions):
+        for folder in layout.folders(root, split, conditions):
+            for image in folder.find_images():
+                output = folder.depth_of(image, "depth_anything_png")
+                if output.is_file():
+                    existing += 1
+                else:
+                    jobs.append(DepthJob(image, output))
     if not jobs and not existing:
-        raise DataError(f"{root / layout.images}: no images found; check the dataset root")
+        raise DataError(f"{root / layout.pattern}: no images found; check the dataset root")
     return jobs, existing
 
 

@@ -2,8 +2,9 @@
 ``uda data check``, ``uda data convert``).
 
 - An image is decoded by its content, not its name: a JPEG named ``.png`` is read as the JPEG
-  it is. It is converted explicitly to 8-bit RGB: grey is repeated, a palette applied, alpha
-  dropped, 16-bit values scaled by 255/65535 (rounded).
+  it is (and warned of; BDD100K and Mapillary Vistas ship ``.jpg`` images, the others PNGs).
+  It is converted explicitly to 8-bit RGB: grey is repeated, a palette applied, alpha dropped,
+  16-bit values scaled by 255/65535 (rounded).
 - A trainId label is a single-channel 8-bit PNG (grey, or palette indices) of trainIds 0-18 and
   255. RGB, 16-bit or lossy (JPEG) labels are refused, never reinterpreted.
 - A depth map is a single-channel PNG of the bit depth its encoding says (8-bit also as RGB
@@ -30,6 +31,8 @@ from uda_data.errors import DataError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOURS = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 CONVERT = "convert the labels with `uda data convert`"
+FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg")}
+"""The names the image formats of the releases go by; a file by another name is a warning."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def decode_image(path: Path) -> Decoded:
     img = open_decoded(path)
     header = png_header(path)
     conversions = []
-    if img.format != "PNG":
+    if path.suffix.lower() not in FORMAT_SUFFIXES.get(img.format, ()):
         named = f" named {path.suffix}" if path.suffix else ""
         conversions.append(f"a {img.format} file{named}, decoded as {img.format}")
     if header is not None and header.bits == 16:

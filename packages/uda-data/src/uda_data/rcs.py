@@ -212,7 +212,8 @@ def refresh_class_stats(
 
 def class_stats_path(root: Path, split: str | None, cache_dir: Path) -> Path:
     """Where a dataset's statistics live: ``<root>/uda_class_stats[_<split>].json`` if that
-    file exists or the root is writable, else ``<cache_dir>/stats/<hash of that path>.json``."""
+    file exists or the root is writable, else ``<cache_dir>/stats/<hash of that path>.json``.
+    ``split`` is the split's ``Layout.stats_key`` (e.g. ``train``, ``train_fog+snow``)."""
     root = Path(root).expanduser().resolve()
     beside = root / ("uda_class_stats.json" if split is None else f"uda_class_stats_{split}.json")
     if beside.exists() or os.access(root, os.W_OK):
