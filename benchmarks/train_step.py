@@ -226,7 +226,7 @@ def _trace(spec: dict, step, method, plugins, cuda: bool) -> None:
 def write_aux_checkpoint(folder: Path, preset: str) -> Path:
     """A random-weight auxiliary network for the dispersion plugin of ``preset``, in the
     format of ``uda_dispersion.pretrain`` (the hook's cost does not depend on its weights)."""
-    from uda_dispersion.auxiliary import AuxiliaryNet
+    from uda_dispersion.auxiliary import build_auxiliary
     from uda_dispersion.plugin import DispersionPlugin
     from uda_dispersion.pretrain import CHECKPOINT_FORMAT
     from uda_methods.run import resolve_config
@@ -234,7 +234,7 @@ def write_aux_checkpoint(folder: Path, preset: str) -> Path:
     cfg = resolve_config(preset, None, {"plugins": {"dispersion": {}}}, [])
     settings = DispersionPlugin(cfg.plugins["dispersion"]).pretrain_settings()
     torch.manual_seed(0)
-    net = AuxiliaryNet(settings.num_classes, settings.backbone)
+    net = build_auxiliary(settings.architecture, settings.num_classes, settings.backbone)
     path = folder / f"auxiliary-{preset}.pt"
     state = {
         "format": CHECKPOINT_FORMAT,

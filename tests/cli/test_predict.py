@@ -1,5 +1,9 @@
 """`uda predict`: pictures of a trained model's predictions on arbitrary images."""
 
+import dataclasses
+import hashlib
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,12 +11,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_overrides
+from tests.published.fixture import image_of, manifest, needs_fixture
 from uda_cli import predict
 from uda_cli.main import app
 from uda_core.evaluation import predict_logits
 from uda_core.model import SegOutput
 from uda_data.classes import colorize
 from uda_data.transforms import Sample, resize, to_tensors
+from uda_methods.published_files import load_segmentation_model
+from uda_methods.published_models import scaled_input_size
 from uda_methods.run import load_trained_model
 
 runner = CliRunner()
@@ -105,11 +112,11 @@ class _WithDispersion(torch.nn.Module):
 
 
 def test_dispersion_models_get_a_dispersion_map(checkpoint, pictures, tmp_path, monkeypatch):
-    def load(path, overrides):
-        model, cfg, state = load_trained_model(path, overrides)
-        return _WithDispersion(model), cfg, state
+    def load(*args):
+        loaded = load_segmentation_model(*args)
+        return dataclasses.replace(loaded, model=_WithDispersion(loaded.model))
 
-    monkeypatch.setattr(predict, "load_trained_model", load)
+    monkeypatch.setattr(predict, "load_segmentation_model", load)
     result = uda("predict", checkpoint, pictures / "grey.png", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "1 with a dispersion map" in result.output
@@ -126,3 +133,48 @@ def test_missing_and_unreadable_images_are_named(checkpoint, pictures, tmp_path)
     assert result.exit_code == 1
     assert "broken.png: cannot be read as an image" in result.output
     assert (tmp_path / "out" / "a_pred.png").is_file()
+
+
+def test_save_logits_writes_the_logits_of_the_pictures(checkpoint, pictures, tmp_path):
+    result = uda("predict", checkpoint, pictures / "a.png", "--out", tmp_path, "--save-logits")
+    assert result.exit_code == 0 and "(ours pipeline)" in result.output, result.output
+    logits = np.load(tmp_path / "a_logits.npy")
+    assert logits.shape == (1, 19, 37, 50) and logits.dtype == np.float32
+    colours = np.array(Image.open(tmp_path / "a_pred.png"))
+    np.testing.assert_array_equal(colours, colorize(logits[0].argmax(0).astype(np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("size", "scale", "expected"),
+    [
+        ((1024, 2048), (1024, 512), (512, 1024)),  # Cityscapes at DAFormer's scale
+        ((1052, 1914), (1024, 512), (512, 932)),  # GTA5
+        ((4, 5), (4, 2), (2, 3)),  # 2.5 rounds up: int(x + 0.5), not round()
+        ((37, 50), (1024, 512), (512, 692)),
+        ((128, 2048), (2048, 1024), (128, 2048)),
+    ],
+)
+def test_reference_sizes_are_mmcvs_keep_ratio_rescale(size, scale, expected):
+    assert scaled_input_size(*size, scale) == expected
+
+
+def test_reference_pipeline_resizes_8_bit_images_with_opencv():
+    bgr = np.random.default_rng(2).integers(0, 256, (64, 100, 3), dtype=np.uint8)
+    tensor = predict.reference_input(bgr, (64, 32))
+    assert tuple(tensor.shape) == (1, 3, 32, 50)
+    small = cv2.resize(bgr, (50, 32), interpolation=cv2.INTER_LINEAR)[..., ::-1]
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    expected = ((small - mean.astype(np.float32)) / std).astype(np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(tensor[0].numpy(), expected, atol=1e-6, rtol=0)
+
+
+@needs_fixture
+@pytest.mark.parametrize("model", ["daformer_b0", "hrda_b0"])
+def test_reference_pipeline_makes_the_reference_networks_input(model):
+    """Bit for bit the tensor the anchors' test pipeline made of the fixture's PNG."""
+    spec = manifest()["models"][model]
+    scale = tuple(spec["inference"]["test_pipeline"][1]["img_scale"])
+    tensor = predict.reference_input(predict.read_bgr(image_of(model)), scale)
+    info = manifest()["inputs"][spec["input"]]
+    digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+    assert digest == info["normalized_sha256"]

@@ -9,20 +9,24 @@ from torch import nn
 
 from tests.methods.test_hrda import tiny_model, uda_batch
 from uda_dispersion import dispersion_map
+from uda_dispersion.auxiliary import read_auxiliary
 from uda_dispersion.head import DispersionHead, MultiDilationClassifier
 from uda_dispersion.losses import agreement_weights, berhu_loss
 from uda_dispersion.plugin import DispersionPlugin
-from uda_dispersion.pretrain import PretrainSettings, load_auxiliary, partial_path, pretrain
+from uda_dispersion.pretrain import PretrainSettings, partial_path, pretrain
 from uda_methods.config import MethodConfig
 from uda_methods.methods import daformer as daformer_module
 from uda_methods.methods import hrda as hrda_module
 from uda_methods.models.hrda import Box
 from uda_methods.registry import method_class
 
+OURS = {"summed": None, "final_segmentation": "host", "init": "pytorch"}
+"""Our head's options (the quick profile's), in ``DispersionHead``'s arguments."""
 
-def test_head_gives_every_parameter_a_gradient():
+
+def test_our_head_gives_every_parameter_a_gradient():
     torch.manual_seed(0)
-    head = DispersionHead(16, 19, width=8)
+    head = DispersionHead(16, 19, width=8, **OURS)
     features, outputs = head(torch.randn(2, 16, 12, 20))
     assert features.shape == (2, 16, 12, 20)
     assert outputs["seg_init"].shape == (2, 19, 12, 20)
@@ -34,7 +38,7 @@ def test_head_gives_every_parameter_a_gradient():
 
 def test_teacher_pass_gives_the_same_segmentation_features_without_the_other_outputs():
     torch.manual_seed(0)
-    head = DispersionHead(16, 19, width=8)
+    head = DispersionHead(16, 19, width=8, **OURS)
     x = torch.randn(2, 16, 12, 20)
     with torch.no_grad():
         full, outputs = head.eval()(x)
@@ -109,12 +113,12 @@ def test_plugin_adjusts_the_weights_from_the_auxiliary_labels_of_depth_and_dispe
     target = {"depth": depth} | plugin.target_targets({"depth": depth}, pseudo)
     weight = torch.full((2, 8, 16), 0.8)
     out = plugin.adjust_weights(target, pseudo, weight)
-    # the network ran at its input size on (depth / 255, dispersion of the pseudo-labels)
+    # the network ran at its input size on (raw depth, dispersion of the pseudo-labels)
     (x,) = plugin.auxiliary.seen
     assert x.shape == (2, 2, 4, 8)
     disp = dispersion_map(pseudo, depth)[:, 0]
     torch.testing.assert_close(target["dispersion"], disp)
-    expected_input = torch.stack([depth / 255, disp], 1)
+    expected_input = torch.stack([depth, disp], 1)
     expected_input = nn.functional.interpolate(expected_input, (4, 8), mode="bilinear")
     torch.testing.assert_close(x, expected_input)
     # and its labels, upsampled to the pseudo-labels' size, decide alpha or beta per pixel
@@ -125,8 +129,8 @@ def test_plugin_adjusts_the_weights_from_the_auxiliary_labels_of_depth_and_dispe
 
 
 class RecordingDispersion(DispersionPlugin):
-    def __init__(self):
-        super().__init__({"weight_hook": False})
+    def __init__(self, settings=None):
+        super().__init__({"weight_hook": False} | (settings or {}))
         self.calls = []
 
     def losses(self, output, targets, pixel_weight):
@@ -176,6 +180,7 @@ def source_stream(size=(32, 32), seed=0):
 
 def test_pretraining_resumes_where_a_killed_run_stopped(tmp_path):
     settings = PretrainSettings(
+        architecture="timm",
         backbone="resnet18",
         num_classes=3,
         input_size=(32, 32),
@@ -201,8 +206,8 @@ def test_pretraining_resumes_where_a_killed_run_stopped(tmp_path):
     messages = []
     pretrain(source_stream(), out, settings, log=messages.append)
     assert "from iteration 4" in messages[0] and not partial_path(out).exists()
-    a, _ = load_auxiliary(tmp_path / "whole.pt")
-    b, meta = load_auxiliary(out)
+    a, _ = read_auxiliary(tmp_path / "whole.pt")
+    b, meta = read_auxiliary(out)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, msg=name)
     assert meta["settings"]["backbone"] == "resnet18" and not any(
@@ -214,6 +219,6 @@ def test_loading_something_else_than_an_auxiliary_checkpoint_says_what_to_do(tmp
     path = tmp_path / "model.pt"
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="uda dispersion pretrain"):
-        load_auxiliary(path)
+        read_auxiliary(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_auxiliary(tmp_path / "missing.pt")
+        read_auxiliary(tmp_path / "missing.pt")

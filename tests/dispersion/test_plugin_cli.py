@@ -21,6 +21,8 @@ TINY_AUX = [
     "--set",
     "plugins.dispersion.auxiliary.input_size=[64,32]",
     "--set",
+    "plugins.dispersion.auxiliary.architecture=timm",
+    "--set",
     "plugins.dispersion.auxiliary.backbone=resnet10t",
     "--set",
     "plugins.dispersion.head_width=8",
@@ -77,6 +79,33 @@ def test_pretrain_command_writes_a_checkpoint_that_training_loads(tmp_path, synt
     assert "dispersion.agreement" in records(tmp_path / "d")[0]
 
 
+def test_training_uses_a_published_auxiliary_file_and_the_published_head(tmp_path, synthetic_root):
+    """``--set plugins.dispersion.auxiliary.checkpoint=gta_auxiliary.pth`` (a bare
+    AuxiliaryResNet50 state dict, ``dacs.py:128-130``): nothing is pre-trained, the weight hook
+    runs the published network with batch statistics; the head makes the segmentation."""
+    from uda_dispersion.auxiliary import AuxiliaryResNet50
+
+    torch.manual_seed(0)
+    path = tmp_path / "gta_auxiliary.pth"
+    torch.save(AuxiliaryResNet50(19).state_dict(), path)
+    args = ["train", "--method", "daformer", "--plugin", "dispersion", "--name", "p"]
+    sets = [*tiny_overrides(tmp_path, 2), *TINY_AUX]
+    sets += ["--set", f"plugins.dispersion.auxiliary.checkpoint={path}"]
+    for key, value in {
+        "auxiliary.batchnorm": "batch",
+        "final_segmentation": "head",
+        "classifier_branches": "first_two",
+        "head_init": "normal",
+    }.items():
+        sets += ["--set", f"plugins.dispersion.{key}={value}"]
+    result = runner.invoke(app, [*args, *sets])
+    assert result.exit_code == 0, result.output
+    assert "pre-training" not in result.output
+    assert "dispersion.agreement" in records(tmp_path / "p")[0]
+    state = torch.load(tmp_path / "p" / "checkpoints" / "iter_000002.pt", weights_only=False)
+    assert any(k.startswith("heads.dispersion.seg_final") for k in state["model"])
+
+
 def test_missing_or_foreign_auxiliary_checkpoint_is_one_clear_error(tmp_path, synthetic_root):
     args = ["train", "--plugin", "dispersion", *tiny_overrides(tmp_path, 2), *TINY_AUX]
     missing = tmp_path / "nope.pt"
@@ -114,7 +143,7 @@ def test_quick_profile_of_the_plugin_sits_under_the_users_settings(tmp_path):
     assert cfg.plugins["dispersion"]["auxiliary"]["iterations"] == 7
     published = resolve_config("gta2cs-mic", None, {"plugins": {"dispersion": {}}}, [])
     assert published.runtime.iterations == 60000 and published.runtime.seed == 2
-    assert published.plugins["dispersion"]["auxiliary"]["backbone"] == "resnet50"
+    assert published.plugins["dispersion"]["auxiliary"]["architecture"] == "published"
     assert resolve_config("gta2cs-mic", None, {}, []).runtime.iterations == 40000
     flags = {"plugins": {"dispersion": {}}, "runtime": {"iterations": 5}}
     assert resolve_config("gta2cs-mic", None, flags, []).runtime.iterations == 5

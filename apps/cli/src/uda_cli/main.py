@@ -16,22 +16,29 @@ from PIL import Image
 from rich.console import Console
 
 from uda_cli import __version__
+from uda_cli.checkpoint import app as checkpoint_app
 from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
-from uda_cli.predict import predict_command
+from uda_cli.predict import Copy, predict_command
 from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
 from uda_core.errors import UdaError
 from uda_data.classes import colorize
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
 from uda_methods.published import published_line
+from uda_methods.published_files import (
+    CheckpointFile,
+    init_config,
+    load_segmentation_model,
+    model_weights,
+    read_checkpoint_file,
+)
 from uda_methods.run import (
     check_names,
     checkpoint_to_resume,
     config_of_checkpoint,
     evaluate,
-    load_trained_model,
     open_data,
     resolve_config,
     run_dir_for,
@@ -47,6 +54,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(dispersion_app, name="dispersion")
+app.add_typer(checkpoint_app, name="checkpoint")
 app.command("predict")(predict_command)
 console = Console(highlight=False, soft_wrap=True)
 
@@ -95,8 +103,12 @@ def _flags(**values: Any) -> dict[str, Any]:
 @friendly_errors
 def train_command(
     preset: Annotated[
-        str, typer.Option(help=f"Starting config: {', '.join(sorted(presets.PRESETS))}.")
-    ] = presets.DEFAULT_PRESET,
+        str | None,
+        typer.Option(
+            help=f"Starting config: {', '.join(sorted(presets.PRESETS))} (default: "
+            f"{presets.DEFAULT_PRESET}, or the --init-from file's own)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML, TOML or JSON file merged over the preset.")
     ] = None,
@@ -118,6 +130,20 @@ def train_command(
     resume: Annotated[
         str | None, typer.Option(help="Checkpoint to continue from, or 'latest' in the work dir.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start a new run from these weights: a checkpoint of ours or a published "
+            "file (its config is the default starting config)."
+        ),
+    ] = None,
+    copy: Annotated[
+        Copy,
+        typer.Option(
+            help="--init-from a training checkpoint: student (model.*), teacher (ema_model.*) "
+            "or imagenet (imnet_model.*)."
+        ),
+    ] = Copy.student,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -158,7 +184,16 @@ def train_command(
     if pretrained is not None:
         flags.setdefault("model", {})["pretrained"] = str(pretrained)
     overrides = list(set_ or [])
-    cfg = resolve_config(preset, config, flags, overrides, data_root)
+    init, init_file = None, None
+    if init_from is not None:
+        if resume is not None:
+            raise UdaError(
+                "--init-from starts a new run from weights, --resume continues a run; pass one"
+            )
+        init_file = read_checkpoint_file(init_from, copy.value)
+        cfg = init_config(init_file, preset, config, flags, overrides, data_root)
+    else:
+        cfg = resolve_config(preset or presets.DEFAULT_PRESET, config, flags, overrides, data_root)
     if num_processes > 1 and not dry_run:
         if resume is None:
             check_names(cfg)
@@ -170,12 +205,19 @@ def train_command(
     if resume is not None:
         checkpoint = checkpoint_to_resume(resume, cfg.runtime.work_dir)
         state = load_checkpoint(checkpoint)
+        if "optimizer" not in state:
+            raise UdaError(
+                f"--resume {checkpoint}: it holds weights only (a best.pt or an imported file), "
+                "no training state; start a new run from it with --init-from"
+            )
         cfg = config_of_checkpoint(state, checkpoint, overrides)
     check_names(cfg)
+    if init_file is not None:
+        _, init = model_weights(init_file, cfg)
     if dry_run:
-        _dry_run(cfg, checkpoint)
+        _dry_run(cfg, checkpoint, init_file)
         return
-    train(cfg, checkpoint, console, state)
+    train(cfg, checkpoint, console, state, init)
 
 
 def _launch(num_processes: int) -> None:
@@ -221,7 +263,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
-def _dry_run(cfg, checkpoint: Path | None) -> None:
+def _dry_run(cfg, checkpoint: Path | None, init_file: CheckpointFile | None) -> None:
     if not cfg.data.uses_synthetic() or _synthetic_ready(cfg):
         run_data = open_data(cfg)
         found = f"{len(run_data.source)} source, {len(run_data.target or [])} target"
@@ -230,6 +272,9 @@ def _dry_run(cfg, checkpoint: Path | None) -> None:
         console.print(f"data: the embedded domains will be generated in {cfg.data.cache_dir}")
     if checkpoint is not None:
         console.print(f"resume: {checkpoint}")
+    if init_file is not None:
+        what = f"{init_file.layout}, {init_file.family} {init_file.encoder}, {init_file.copy}"
+        console.print(f"init from: {init_file.path} ({what}); every weight fits the model")
     console.print(
         f"run folder: {run_dir_for(cfg) if checkpoint is None else checkpoint.parent.parent}"
     )
@@ -244,7 +289,9 @@ def _synthetic_ready(cfg) -> bool:
 @app.command("eval")
 @friendly_errors
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `uda train`.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint of `uda train`, or a published file.")
+    ],
     val_root: Annotated[
         Path | None,
         typer.Option(help="Labelled val data in the Cityscapes layout (default: the run's)."),
@@ -262,6 +309,19 @@ def eval_command(
     save_predictions: Annotated[
         Path | None, typer.Option(help="Folder for colourised prediction PNGs.")
     ] = None,
+    copy: Annotated[
+        Copy,
+        typer.Option(
+            help="Which network of a training checkpoint: student (model.*, what the reference "
+            "evaluates), teacher (EMA, ema_model.*) or imagenet (imnet_model.*)."
+        ),
+    ] = Copy.student,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Published files: the preset to take settings from (default: by family)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a checkpoint: per-class IoU, mIoU and the Synthia 16/13-class means."""
     overrides = list(set_ or [])
@@ -271,17 +331,19 @@ def eval_command(
         overrides.append(f"data.val.split={split}")
     if mode is not None:
         overrides.append(f"eval.mode={mode.value}")
-    model, cfg, state = load_trained_model(checkpoint, overrides)
+    loaded = load_segmentation_model(checkpoint, overrides, copy.value, preset)
+    model, cfg, state = loaded.model, loaded.cfg, loaded.file.meta
     saver = _prediction_saver(save_predictions) if save_predictions else None
     report = evaluate(model, cfg, on_batch=saver)
-    console.print(report.table(f"{checkpoint} (iteration {state.get('iteration', '?')})"))
+    iteration = state.get("iteration", state.get("iter"))
+    console.print(report.table(f"{checkpoint} (iteration {iteration or '?'})"))
     console.print(f"mIoU {100 * report.miou:.2f}")
     line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), report.as_dict())
     if line is not None:
         console.print(line)
     result = {
         "checkpoint": str(checkpoint),
-        "iteration": state.get("iteration"),
+        "iteration": iteration,
         **report.as_dict(),
     }
     output = output or checkpoint.with_suffix(".eval.json")

@@ -1,14 +1,28 @@
-"""`uda predict`: segment any images with a trained checkpoint and save pictures of the result.
+"""`uda predict`: segment any images with a checkpoint and save pictures of the result.
 
 For each image, written under ``--out`` (a folder's tree is mirrored):
 
 - ``NAME_pred.png``: the predicted classes in the Cityscapes palette, at the image's size;
 - ``NAME_overlay.png``: those colours blended over the image;
 - ``NAME_disp.png``: for models with a dispersion head (``SegOutput.aux["disp"]``), the
-  predicted dispersion, 0..1 as black..white.
+  predicted dispersion, 0..1 as black..white;
+- ``NAME_logits.npy`` with ``--save-logits``: float32 1 x C x H x W logits before the softmax,
+  at the image's size.
 
-Images are resized to the run's inference scale (``data.val_resize``, keeping their aspect
-ratio) and predicted as ``uda eval`` does (the run's ``eval`` settings, whole or sliding window).
+The checkpoint is ours or a published file (``uda_methods.published_files``). Images are
+prepared by one of two test pipelines (``--pipeline``):
+
+- ``reference``, the default for published files and checkpoints imported from them: as the
+  reference ``tools/test.py`` does (mmcv 1.x, mmseg 0.x): decoded by OpenCV (BGR), resized
+  keeping their ratio to the run's inference scale (``data.val_resize``; mmcv's
+  ``Resize(keep_ratio=True)``: factor min(long/long, short/short), sides ``int(x + 0.5)``,
+  ``cv2.resize`` with ``INTER_LINEAR`` on the 8-bit image), normalized as mmcv's
+  ``imnormalize`` after BGR -> RGB; the logits come back to the image's size bilinearly
+  (``EncoderDecoder.inference``, ``published_models.published_test_logits``);
+- ``ours``, the default for our runs: read by Pillow and resized as ``uda eval`` prepares val
+  images (``uda_data.transforms.resize``), so that predictions are those of ``uda eval``.
+
+Either way the network runs as the run's ``eval`` settings say (whole image or sliding window).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,15 +42,17 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from uda_cli.errors import fail, friendly_errors
+from uda_core.checkpoint import atomic_write_bytes
 from uda_core.config import EvalConfig
 from uda_core.errors import UdaError
 from uda_core.evaluation import slide_average
 from uda_core.model import SegOutput, logits_of
 from uda_data.atomic import save_png
 from uda_data.classes import colorize
-from uda_data.transforms import Sample, resize, to_tensors
+from uda_data.transforms import IMAGENET_MEAN, IMAGENET_STD, Sample, resize, to_tensors
 from uda_methods.config import RunConfig
-from uda_methods.run import load_trained_model
+from uda_methods.published_files import load_segmentation_model
+from uda_methods.published_models import scaled_input_size
 
 console = Console(highlight=False, soft_wrap=True)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -44,6 +61,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 class Mode(str, Enum):
     whole = "whole"
     slide = "slide"
+
+
+class Pipeline(str, Enum):
+    reference = "reference"
+    ours = "ours"
+
+
+class Copy(str, Enum):
+    student = "student"
+    teacher = "teacher"
+    imagenet = "imagenet"
 
 
 def find_images(paths: list[Path], out: Path) -> list[tuple[Path, Path]]:
@@ -77,8 +105,8 @@ def find_images(paths: list[Path], out: Path) -> list[tuple[Path, Path]]:
 
 
 def network_size(size: tuple[int, int], scale: tuple[int, int] | None) -> tuple[int, int]:
-    """The (width, height) at which the network sees an image of ``size``: scaled, keeping its
-    aspect ratio, until it fits ``scale`` (long side to long side), as the benchmarks resize."""
+    """The (width, height) at which the network sees an image of ``size`` in our pipeline:
+    scaled, keeping its aspect ratio, until it fits ``scale`` (long side to long side)."""
     if scale is None:
         return size
     factor = min(max(scale) / max(size), min(scale) / min(size))
@@ -115,25 +143,66 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise UdaError(f"{path}: cannot be read as an image ({exc})") from None
 
 
+def read_bgr(path: Path) -> np.ndarray:
+    """The 8-bit BGR image as mmcv's ``imfrombytes`` (OpenCV backend, flag ``color``) decodes
+    it: grey and 16-bit images become 8-bit BGR, alpha is dropped."""
+    try:
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except (OSError, cv2.error):
+        image = None
+    if image is None:
+        raise UdaError(f"{path}: cannot be read as an image (OpenCV cannot decode it)")
+    return image
+
+
+def reference_input(bgr: np.ndarray, scale: tuple[int, int] | None) -> torch.Tensor:
+    """1 x 3 x h x w: the reference test pipeline's tensor of a BGR image: mmcv's
+    ``Resize(keep_ratio=True)`` to ``scale`` (``cv2.resize``, ``INTER_LINEAR``, on the 8-bit
+    image; mmcv resizes even at factor 1, which is the identity), then ``Normalize``: float32,
+    BGR -> RGB, minus the mean, times 1/std in float64, rounded to float32 once (mean and std
+    are float32 arrays in mmseg's ``Normalize``)."""
+    height, width = scaled_input_size(*bgr.shape[:2], scale)
+    if (height, width) != bgr.shape[:2]:
+        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)  # mmseg's Normalize
+    rgb = bgr[..., ::-1].astype(np.float32) - mean
+    normalized = (rgb.astype(np.float64) * (1.0 / std.astype(np.float64))).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))[None]
+
+
 def _overlay(image: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarray:
     blend = (1 - opacity) * image.astype(np.float32) + opacity * colours.astype(np.float32)
     return np.round(blend).astype(np.uint8)
 
 
 def predict_image(
-    model: torch.nn.Module, cfg: RunConfig, path: Path, stem: Path, opacity: float
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    path: Path,
+    stem: Path,
+    opacity: float,
+    pipeline: Pipeline = Pipeline.ours,
+    save_logits: bool = False,
 ) -> bool:
     """Predict one image and write its pictures; returns whether a dispersion map was written."""
-    picture = _read_rgb(path)
-    sample = Sample(picture)
-    size = network_size(sample.size, cfg.data.val_resize)
     device = next(model.parameters()).device
-    tensor = to_tensors(resize(sample, size))["image"][None].to(device)
+    if pipeline is Pipeline.reference:
+        bgr = read_bgr(path)
+        picture = np.ascontiguousarray(bgr[..., ::-1])
+        tensor = reference_input(bgr, cfg.data.val_resize)
+    else:
+        picture = _read_rgb(path)
+        sample = Sample(picture)
+        size = network_size(sample.size, cfg.data.val_resize)
+        tensor = to_tensors(resize(sample, size))["image"][None]
     height, width = picture.shape[:2]
     maps = {
         k: F.interpolate(v, (height, width), mode="bilinear", align_corners=False)[0]
-        for k, v in predict_maps(model, tensor, cfg.eval).items()
+        for k, v in predict_maps(model, tensor.to(device), cfg.eval).items()
     }
+    if save_logits:
+        logits = maps["logits"][None].float().cpu().numpy()
+        atomic_write_bytes(stem.with_name(f"{stem.name}_logits.npy"), lambda f: np.save(f, logits))
     colours = colorize(maps["logits"].argmax(0).cpu().numpy().astype(np.uint8))
     save_png(stem.with_name(f"{stem.name}_pred.png"), colours)
     save_png(stem.with_name(f"{stem.name}_overlay.png"), _overlay(picture, colours, opacity))
@@ -144,9 +213,18 @@ def predict_image(
     return True
 
 
+def exact_float32() -> None:
+    """Full float32 on CUDA (no TF32 in convolutions and matrix products), so that logits
+    match the reference's to the last digits."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 @friendly_errors
 def predict_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `uda train`.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint of `uda train`, or a published file.")
+    ],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out: Annotated[Path, typer.Option(help="Folder for the pictures.")],
     mode: Annotated[
@@ -156,18 +234,50 @@ def predict_command(
     opacity: Annotated[
         float, typer.Option(min=0, max=1, help="Opacity of the class colours in the overlay.")
     ] = 0.5,
+    save_logits: Annotated[
+        bool,
+        typer.Option(
+            "--save-logits",
+            help="Also write NAME_logits.npy: float32 1 x C x H x W logits before the softmax.",
+        ),
+    ] = False,
+    pipeline: Annotated[
+        Pipeline | None,
+        typer.Option(
+            help="How images are read and resized: reference (OpenCV, mmcv's test pipeline; "
+            "default for published files) or ours (as `uda eval`; default for our runs)."
+        ),
+    ] = None,
+    copy: Annotated[
+        Copy,
+        typer.Option(
+            help="Which network of a training checkpoint: student (model.*, what the reference "
+            "evaluates), teacher (EMA, ema_model.*) or imagenet (imnet_model.*)."
+        ),
+    ] = Copy.student,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Published files: the preset to take settings from (default: by family)."
+        ),
+    ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field of the saved config.")
+        list[str] | None, typer.Option("--set", help="Override a field of the config.")
     ] = None,
 ) -> None:
-    """Segment images with a trained model: class colours, overlays, dispersion maps."""
+    """Segment images: class colours, overlays, dispersion maps and, optionally, logits."""
     overrides = list(set_ or [])
     if mode is not None:
         overrides.append(f"eval.mode={mode.value}")
     found = find_images(images, out)
-    model, cfg, _ = load_trained_model(checkpoint, overrides)
+    loaded = load_segmentation_model(checkpoint, overrides, copy.value, preset)
+    cfg = loaded.cfg
+    if pipeline is None:
+        pipeline = Pipeline.reference if loaded.file.published else Pipeline.ours
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
+    if device.type == "cuda":
+        exact_float32()
+    model = loaded.model.to(device).eval()
     failed: list[str] = []
     with_disp = 0
     started = time.perf_counter()
@@ -175,13 +285,13 @@ def predict_command(
     with Progress(*columns, console=console, transient=True) as bar:
         for path, stem in bar.track(found, description="predicting"):
             try:
-                with_disp += predict_image(model, cfg, path, stem, opacity)
+                with_disp += predict_image(model, cfg, path, stem, opacity, pipeline, save_logits)
             except UdaError as exc:
                 failed.append(str(exc))
     extra = f", {with_disp} with a dispersion map" if with_disp else ""
     console.print(
         f"predicted {len(found) - len(failed)} image(s){extra} into {out}"
-        f" in {time.perf_counter() - started:.1f} s"
+        f" in {time.perf_counter() - started:.1f} s ({pipeline.value} pipeline)"
     )
     if failed:
         for line in failed:

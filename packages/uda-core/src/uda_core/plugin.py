@@ -53,6 +53,14 @@ class Head(Protocol):
 
     Returns the features the segmentation classifier should use (refined or unchanged) and
     the head's own outputs by name (they land in ``SegOutput.aux``).
+
+    An output named ``"logits"`` (B x num_classes x h x w) is the segmentation itself: the
+    model uses it as ``SegOutput.logits`` in place of the decoder's classifier, which then does
+    not run, and it is not kept in ``aux``. Heads that make the final segmentation from
+    features of their own (the published dispersion head) return it; the others leave it out.
+    Under HRDA ``logits`` is fused with the scale attention; the other outputs come, as
+    published, from the context pass upsampled to the fused grid, or are fused the same way
+    (``method.hrda_aux_fusion``); each branch's own stay in ``HRDAOutput.context``/``.detail``.
     """
 
     def __call__(self, fused: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...

@@ -7,14 +7,16 @@ What it adds to DAFormer, HRDA or MIC (see ``uda_core.plugin`` for where each ho
   mixes and masks them like labels (ignore value -1);
 - the multi-task head (``DispersionHead``) on the decoder's fused features, with its losses:
   cross-entropy of the initial segmentation (pixel-weighted like the main loss) and BerHu of
-  the initial and final dispersion, x ``loss_weight``;
+  the initial and final dispersion, x ``loss_weight``; by default it makes the final
+  segmentation itself (``outputs["logits"]``) as the published head does;
 - the pixel-weight hook: the frozen auxiliary network labels the target from (depth,
   dispersion) and the pseudo-labels' weights are multiplied by ``alpha`` where it agrees and
   by ``beta`` where it does not;
 - ``prepare``: loads the auxiliary network, or pre-trains one on the source and caches it.
 
 Settings are validated with pydantic (installed with uda; ``pip install uda-dispersion[plugin]``
-otherwise).
+otherwise). Their defaults are the published behaviour; where ours differs it is an option
+(the package README lists each with the reference's file and line).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from uda_dispersion.auxiliary import auxiliary_labels
+from uda_dispersion.auxiliary import auxiliary_labels, read_auxiliary
 from uda_dispersion.extractor import dispersion_map
-from uda_dispersion.head import DispersionHead
+from uda_dispersion.head import DispersionHead, published_state
 from uda_dispersion.losses import DISPERSION_IGNORE, agreement_weights, head_losses
-from uda_dispersion.pretrain import PretrainSettings, load_auxiliary, pretrain
+from uda_dispersion.pretrain import PretrainSettings, pretrain
 
 
 class _Section(BaseModel):
@@ -56,10 +58,24 @@ class AuxiliaryConfig(_Section):
 
     checkpoint: Path | None = Field(
         None,
-        description="Pre-trained auxiliary network (`uda dispersion pretrain`); absent: "
-        "pre-trained on the source before training and cached by dataset and settings.",
+        description="Pre-trained auxiliary network: ours (`uda dispersion pretrain`) or the "
+        "published gta_auxiliary.pth / synthia_auxiliary.pth; absent: pre-trained on the "
+        "source before training and cached by dataset and settings.",
     )
-    backbone: str = Field("resnet50", description="timm ResNet of the network.")
+    architecture: Literal["published", "timm"] = Field(
+        "published",
+        description="Network to pre-train. published: AuxiliaryResNet50 exactly (ResNet-50 "
+        "to its third stage without the stem's ReLU and max-pool, stride 8, raw depth "
+        "0..255); timm: ours, a timm `backbone` with the stem kept, stride 16, depth / 255. "
+        "A checkpoint brings its own.",
+    )
+    backbone: str = Field("resnet50", description="timm ResNet of architecture=timm.")
+    batchnorm: Literal["batch", "running"] = Field(
+        "batch",
+        description="BatchNorm of the frozen network in the weight hook. batch: each "
+        "batch's statistics, as the reference (its runner's train() puts the network in "
+        "training mode every iteration); running: eval mode, the stored statistics (ours).",
+    )
     input_size: tuple[int, int] = Field(
         (512, 512), description="(width, height) the network runs at."
     )
@@ -71,6 +87,7 @@ class AuxiliaryConfig(_Section):
 
     def pretrain_settings(self, num_classes: int, extractor: ExtractorConfig) -> PretrainSettings:
         return PretrainSettings(
+            architecture=self.architecture,
             backbone=self.backbone,
             num_classes=num_classes,
             input_size=tuple(self.input_size),
@@ -91,10 +108,31 @@ class DispersionConfig(_Section):
         0.2, gt=0, le=1, description="BerHu threshold as a share of the largest residual."
     )
     head_width: int | None = Field(
-        None, ge=4, description="Width of the head's task features; absent: the decoder's."
+        None,
+        ge=4,
+        description="Width of the head's task features; absent: the decoder's (published: "
+        "256, the DAFormer decoder's, which the reference hard-codes).",
     )
     dilations: tuple[int, ...] = Field(
         (6, 12, 18, 24), min_length=1, description="Dilations of the multi-dilation classifiers."
+    )
+    classifier_branches: Literal["first_two", "all"] = Field(
+        "first_two",
+        description="Which convolutions of each multi-dilation classifier are summed. "
+        "first_two: the published classifier returns inside its loop, so only the first two "
+        "(dilations 6, 12) count, the others are stored and unused; all: every one (ours).",
+    )
+    final_segmentation: Literal["head", "host"] = Field(
+        "head",
+        description="Who makes the final segmentation. head: a multi-dilation classifier on "
+        "the distilled segmentation features, as published; host: those features go back to "
+        "the host decoder's classifier (ours, fits any decoder).",
+    )
+    head_init: Literal["normal", "pytorch"] = Field(
+        "normal",
+        description="Initialisation of the head. normal: every convolution's weight "
+        "N(0, 0.01), biases PyTorch's default, BatchNorm 1/0 (published); pytorch: PyTorch's "
+        "default, the classifiers N(0, 0.01) with zero bias (ours).",
     )
     weight_hook: bool = Field(
         True, description="Adjust pseudo-label weights by the auxiliary network's agreement."
@@ -126,8 +164,37 @@ class DispersionPlugin:
     # building
     def build_head(self, channels: int, num_classes: int) -> nn.Module:
         self.num_classes = num_classes
+        return self._head(channels, num_classes)
+
+    def _head(self, channels: int, num_classes: int) -> DispersionHead:
         cfg = self.config
-        return DispersionHead(channels, num_classes, cfg.head_width, tuple(cfg.dilations))
+        return DispersionHead(
+            channels,
+            num_classes,
+            cfg.head_width,
+            tuple(cfg.dilations),
+            summed=2 if cfg.classifier_branches == "first_two" else None,
+            final_segmentation=cfg.final_segmentation,
+            init=cfg.head_init,
+        )
+
+    def published_head_state(self, substate: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The published ``DispDAFormerHead``'s task modules (keys relative to that head,
+        under ``initial_task_prediction_heads.``, ``multi_modal_distillation.`` and
+        ``heads.``) as the state dict of this plugin's head. Every key and shape is checked
+        against a head of these settings; a ``ValueError`` names the first that does not fit.
+        """
+        sizes = (  # the head's input width and the number of classes
+            "initial_task_prediction_heads.layers.S.0.conv1.weight",
+            "initial_task_prediction_heads.conv_out.S.conv2d_list.0.weight",
+        )
+        missing = next((key for key in sizes if key not in substate), None)
+        if missing is not None:
+            raise ValueError(f"dispersion head: the published state lacks {missing!r}")
+        channels, num_classes = substate[sizes[0]].shape[1], substate[sizes[1]].shape[0]
+        with torch.device("meta"):
+            template = self._head(channels, num_classes)
+        return published_state(substate, template)
 
     def prepare(self, context: Any) -> None:
         """Load the auxiliary network, pre-training and caching it first if none is configured.
@@ -150,11 +217,12 @@ class DispersionPlugin:
                     f"for {settings.iterations} iterations, cached at {path}"
                 )
                 self.pretrain(context, path, settings)
-        self.auxiliary, meta = load_auxiliary(path, context.device)
-        if tuple(meta["settings"]["input_size"]) != tuple(aux.input_size):
+        self.auxiliary, meta = read_auxiliary(path, context.device)
+        trained_at = meta.get("settings", {}).get("input_size")
+        if trained_at is not None and tuple(trained_at) != tuple(aux.input_size):
             context.log(
                 f"dispersion: {path} was pre-trained at input size "
-                f"{tuple(meta['settings']['input_size'])}; running it at {tuple(aux.input_size)}"
+                f"{tuple(trained_at)}; running it at {tuple(aux.input_size)}"
             )
         self.auxiliary_digest = _digest(self.auxiliary)
 
@@ -211,7 +279,11 @@ class DispersionPlugin:
             raise RuntimeError("dispersion: prepare() must load the auxiliary network first")
         # target_targets ran first (the protocol's order) and put the dispersion in ``target``
         aux_label = auxiliary_labels(
-            self.auxiliary, target["depth"], target["dispersion"], tuple(cfg.auxiliary.input_size)
+            self.auxiliary,
+            target["depth"],
+            target["dispersion"],
+            tuple(cfg.auxiliary.input_size),
+            batch_stats=cfg.auxiliary.batchnorm == "batch",
         )
         self.last["auxiliary label"] = aux_label
         self.last["agreement"] = (aux_label == pseudo_label).float().mean()

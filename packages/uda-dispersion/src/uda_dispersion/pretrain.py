@@ -18,18 +18,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from uda_dispersion.auxiliary import AuxiliaryNet, auxiliary_labels, geometric_input
+from uda_dispersion.auxiliary import (
+    CHECKPOINT_FORMAT,
+    auxiliary_labels,
+    build_auxiliary,
+    geometric_input,
+)
 from uda_dispersion.extractor import dispersion_map
 from uda_dispersion.losses import weighted_cross_entropy
-
-CHECKPOINT_FORMAT = "uda-dispersion-auxiliary/1"
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
     """How the auxiliary network is built and pre-trained; saved in its checkpoint."""
 
+    architecture: str = "published"
+    """``"published"`` (``AuxiliaryResNet50``) or ``"timm"`` (``AuxiliaryNet`` on ``backbone``)."""
     backbone: str = "resnet50"
     num_classes: int = 19
     input_size: tuple[int, int] = (512, 512)
@@ -89,7 +95,7 @@ def _network_input(
 
 
 def validation_miou(
-    net: AuxiliaryNet,
+    net: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
     settings: PretrainSettings,
     device: torch.device,
@@ -134,7 +140,8 @@ def pretrain(
     """
     out, device = Path(out), torch.device(device)
     torch.manual_seed(seed)
-    net = AuxiliaryNet(settings.num_classes, settings.backbone).to(device).train()
+    net = build_auxiliary(settings.architecture, settings.num_classes, settings.backbone)
+    net = net.to(device).train()
     optimizer = torch.optim.AdamW(net.parameters(), settings.lr, weight_decay=settings.weight_decay)
     start, loss_value = 0, float("nan")
     partial = partial_path(out)
@@ -198,25 +205,3 @@ def pretrain(
     _atomic_save(checkpoint, out)
     partial.unlink(missing_ok=True)
     return PretrainResult(out, iteration, loss_value, val)
-
-
-def load_auxiliary(path: Path, device: torch.device | str = "cpu") -> tuple[AuxiliaryNet, dict]:
-    """A pre-trained auxiliary network (frozen, in eval mode) and its checkpoint's metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"auxiliary network checkpoint {path} does not exist")
-    not_ours = ValueError(
-        f"{path} is not an auxiliary network checkpoint of uda-dispersion "
-        f"(format {CHECKPOINT_FORMAT}); pre-train one with `uda dispersion pretrain`"
-    )
-    try:  # tensors and plain containers only: loading runs no code from the file
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise not_ours from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise not_ours
-    settings = state["settings"]
-    net = AuxiliaryNet(settings["num_classes"], settings["backbone"])
-    net.load_state_dict(state["model"])
-    net.to(device).eval().requires_grad_(False)
-    return net, {k: v for k, v in state.items() if k != "model"}

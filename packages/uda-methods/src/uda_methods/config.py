@@ -33,6 +33,13 @@ class ModelConfig(Section):
     timm_pretrained: bool = Field(
         False, description="Download timm's ImageNet weights (needs a hub; not for MiT)."
     )
+    decoder_init: Literal["mmcv", "normal", "pytorch"] = Field(
+        "pytorch",
+        description="Initialisation of the daformer decoder and HRDA's scale-attention head: "
+        "mmcv (published DAFormer/HRDA/MIC: convs Kaiming normal fan_out, BN 1/0, classifier "
+        "N(0, 0.01)), normal (published dispersion head: every decoder conv N(0, 0.01); the "
+        "scale attention as mmcv) or pytorch (PyTorch's defaults, ours before).",
+    )
 
 
 class MethodConfig(Section):
@@ -70,6 +77,12 @@ class MethodConfig(Section):
     hrda_crop_divisible: int = Field(
         8, ge=1, description="HRDA: detail crop coordinates are multiples of this (feature stride)."
     )
+    hrda_detail_last_offset: bool = Field(
+        True,
+        description="HRDA: the detail crop may take the last aligned offset (ours); published "
+        "False: randint(0, (margin + 1) // divisible) leaves it out (a 512 detail never touches "
+        "the bottom or right edge of a 1024 crop).",
+    )
     hrda_detail_loss_weight: float = Field(
         0.1,
         ge=0,
@@ -92,6 +105,18 @@ class MethodConfig(Section):
     )
     hrda_batched_slide: bool = Field(
         True, description="HRDA: detail windows in one forward pass (False: one at a time)."
+    )
+    hrda_fusion: Literal["weight-then-upsample", "upsample-then-weight"] = Field(
+        "upsample-then-weight",
+        description="HRDA: weight-then-upsample (published: attention masked to the detail box "
+        "and (1 - att) * context formed at the context's resolution, then both upsampled x2) "
+        "or upsample-then-weight (ours before: attention and context upsampled first).",
+    )
+    hrda_aux_fusion: Literal["context", "fused"] = Field(
+        "fused",
+        description="HRDA: plugin outputs besides the logits from the context pass, upsampled "
+        "x2 without attention (context, published) or fused with the attention like the "
+        "logits (fused, ours before).",
     )
     mic_base: Literal["hrda", "daformer"] = Field(
         "hrda", description="MIC: the method it extends (hrda, or daformer at one resolution)."

@@ -73,6 +73,24 @@ def quick_mit() -> RunConfig:
     return cfg.model_copy(update={"model": model, "optim": OptimConfig(lr=6e-4)})
 
 
+def _published_model() -> ModelConfig:
+    """MiT-B5 + DAFormer decoder as published, mmcv's initialisation of the decoder included."""
+    return ModelConfig(
+        encoder="mit_b5", decoder="daformer", drop_path_rate=0.1, dropout=0.1, decoder_init="mmcv"
+    )
+
+
+PUBLISHED_HRDA: dict[str, Any] = {
+    "hrda_fusion": "weight-then-upsample",
+    "hrda_aux_fusion": "context",
+    "hrda_detail_last_offset": False,
+}
+"""HRDA as published where ours differs: attention masked and context weighted at the
+context's resolution, then both upsampled; plugin outputs from the context pass; detail crops
+drawn as ``get_crop_bbox`` draws them. Named in every published preset (DAFormer's too, for
+runs that switch the method to hrda or mic)."""
+
+
 def daformer() -> RunConfig:
     """DAFormer on GTA -> Cityscapes with every published setting (see the README table)."""
     return RunConfig(
@@ -90,7 +108,7 @@ def daformer() -> RunConfig:
             workers=4,
             rcs=RCSConfig(temperature=0.01, min_pixels=3000, min_crop_ratio=0.5),
         ),
-        model=ModelConfig(encoder="mit_b5", decoder="daformer", drop_path_rate=0.1, dropout=0.1),
+        model=_published_model(),
         method=MethodConfig(
             name="daformer",
             ema_alpha=0.999,
@@ -102,6 +120,7 @@ def daformer() -> RunConfig:
             blur=True,
             fd_lambda=0.005,
             fd_min_ratio=0.75,
+            **PUBLISHED_HRDA,
         ),
         optim=OptimConfig(lr=6e-5, decoder_lr_mult=10.0, weight_decay=0.01, betas=(0.9, 0.999)),
         schedule=ScheduleConfig(warmup_iters=1500, warmup_ratio=1e-6, power=1.0),
@@ -130,7 +149,7 @@ def hrda() -> RunConfig:
             rcs=RCSConfig(temperature=0.01, min_pixels=3000, min_crop_ratio=2.0),
             pseudo_margins=(30, 240, 30, 30),
         ),
-        model=ModelConfig(encoder="mit_b5", decoder="daformer", drop_path_rate=0.1, dropout=0.1),
+        model=_published_model(),
         method=MethodConfig(
             name="hrda",
             ema_alpha=0.999,
@@ -151,6 +170,7 @@ def hrda() -> RunConfig:
             hrda_attention_classwise=True,
             hrda_slide_stride=(256, 256),
             hrda_batched_slide=True,
+            **PUBLISHED_HRDA,
         ),
         optim=OptimConfig(lr=6e-5, decoder_lr_mult=10.0, weight_decay=0.01, betas=(0.9, 0.999)),
         schedule=ScheduleConfig(warmup_iters=1500, warmup_ratio=1e-6, power=1.0),
@@ -227,27 +247,54 @@ def preset(name: str) -> RunConfig:
 
 
 def _quick_dispersion() -> dict[str, Any]:
-    """The dispersion plugin at CPU scale: a ResNet-10-T auxiliary network at the 256x128
-    crop, pre-trained for 200 iterations of 8 source images (about a minute on 2 cores), and
-    a head of a third of the decoder's width whose dilations suit the quick feature maps:
-    they are 16x32, where the published 18 and 24 (chosen for 128x128 maps) would read only
-    padding above and below every pixel."""
+    """The dispersion plugin at CPU scale, with our head and auxiliary network: a ResNet-10-T
+    auxiliary network (timm) at the 256x128 crop, pre-trained for 200 iterations of 8 source
+    images (about a minute on 2 cores) and run with its stored BatchNorm statistics, and a
+    head of a third of the decoder's width whose dilations suit the quick feature maps: they
+    are 16x32, where the published 18 and 24 (chosen for 128x128 maps) would read only
+    padding above and below every pixel. The head sums all its classifier branches and
+    hands its refined features to the decoder's own classifier."""
     auxiliary = {
+        "architecture": "timm",
         "backbone": "resnet10t",
+        "batchnorm": "running",
         "input_size": [256, 128],
         "iterations": 200,
         "batch_size": 8,
         "warmup_iters": 20,
         "checkpoint_interval": 100,
     }
-    head = {"head_width": 32, "dilations": [1, 2, 3, 4]}
+    head = {
+        "head_width": 32,
+        "dilations": [1, 2, 3, 4],
+        "classifier_branches": "all",
+        "final_segmentation": "host",
+        "head_init": "pytorch",
+    }
     return {"plugins": {"dispersion": {**head, "auxiliary": auxiliary}}}
 
 
 def _published_dispersion() -> dict[str, Any]:
     """The dispersion runs' own settings over the method's: 60k iterations (the published
-    dispersion configs) and beta 0.6 for GTA."""
-    return {"runtime": {"iterations": 60000}, "plugins": {"dispersion": {"beta": 0.6}}}
+    dispersion configs), beta 0.6 for GTA, the published head and auxiliary network named
+    explicitly (``DispDAFormerHead``, ``AuxiliaryResNet50`` with training-mode BatchNorm), the
+    decoder's fusion initialised N(0, 0.01) like the head, which holds it in the reference
+    (``decoder_init="normal"``), and DDP's unused-parameter search that the published configs
+    switch on (``find_unused_parameters = True``): the published classifiers' last two
+    branches and the decoder's own classifier get no gradient."""
+    head = {
+        "head_width": None,
+        "dilations": [6, 12, 18, 24],
+        "classifier_branches": "first_two",
+        "final_segmentation": "head",
+        "head_init": "normal",
+    }
+    auxiliary = {"architecture": "published", "batchnorm": "batch", "input_size": [512, 512]}
+    return {
+        "model": {"decoder_init": "normal"},
+        "runtime": {"iterations": 60000, "find_unused_parameters": True},
+        "plugins": {"dispersion": {**head, "beta": 0.6, "auxiliary": auxiliary}},
+    }
 
 
 def _published_dispersion_daformer() -> dict[str, Any]:

@@ -77,7 +77,9 @@ def _light(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 def _daformer(cfg: ModelConfig, num_classes: int) -> nn.Module:
     encoder = build_encoder(cfg)
-    decoder = DAFormerDecoder(encoder.channels, num_classes, cfg.channels or 256, cfg.dropout)
+    decoder = DAFormerDecoder(
+        encoder.channels, num_classes, cfg.channels or 256, cfg.dropout, init=cfg.decoder_init
+    )
     return Segmenter(encoder, decoder)
 
 
@@ -133,4 +135,7 @@ def build_method_model(cfg: ModelConfig, method: MethodConfig, num_classes: int)
         slide_stride=method.hrda_slide_stride,
         batched_slide=method.hrda_batched_slide,
         dropout=cfg.dropout,
+        fusion=method.hrda_fusion,
+        aux_fusion=method.hrda_aux_fusion,
+        attention_init="pytorch" if cfg.decoder_init == "pytorch" else "mmcv",
     )

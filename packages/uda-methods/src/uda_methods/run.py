@@ -46,19 +46,26 @@ def resolve_config(
     flags: dict[str, Any],
     overrides: list[str],
     data_root: Path | None = None,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Preset, then the preset's profile for the enabled plugins, then the config file, then
     CLI flags, then ``--set`` overrides; validated. With ``data_root``, each dataset's root is
-    ``data_root/<its layout>`` (gta, synthia, cityscapes), as the README lays data out."""
-    base = preset(preset_name).model_dump(mode="json") | {"preset": preset_name}
+    ``data_root/<its layout>`` (gta, synthia, cityscapes), as the README lays data out. With
+    ``base`` (a saved run config), it takes the place of the preset and its profiles."""
 
     def layered(data: dict[str, Any]) -> dict[str, Any]:
         if config_file is not None:
             data = merge(data, load_config_file(config_file))
         return apply_overrides(merge(data, flags), overrides)
 
+    if base is not None:
+        return _validated(layered(base), data_root)
+    base = preset(preset_name).model_dump(mode="json") | {"preset": preset_name}
     enabled = list(layered(base).get("plugins") or {})
-    data = layered(merge(base, plugin_profile(preset_name, enabled)))
+    return _validated(layered(merge(base, plugin_profile(preset_name, enabled))), data_root)
+
+
+def _validated(data: dict[str, Any], data_root: Path | None) -> RunConfig:
     if data_root is not None:
         for which in ("source", "target", "val"):
             dataset = data["data"][which]
@@ -252,7 +259,14 @@ def checkpoint_to_resume(resume: str, work_dir: Path) -> Path:
     return find_latest(work_dir) if resume == "latest" else Path(resume)
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None) -> Trainer:
+def build_trainer(
+    cfg: RunConfig,
+    run_dir: Path,
+    console: Console | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+) -> Trainer:
+    """The run's trainer; with ``init_weights`` (our model's keys) the network starts from
+    them instead of its initialisation (``uda train --init-from``)."""
     method = method_class(cfg.method.name)
     plugins = load_plugins(cfg.plugins)
     state = process_state()
@@ -265,12 +279,18 @@ def build_trainer(cfg: RunConfig, run_dir: Path, console: Console | None = None)
         runtime=cfg.runtime,
         optim=cfg.optim,
         schedule=cfg.schedule,
-        build_model=lambda: build_full_model(cfg, plugins),
+        build_model=lambda: _initialised(build_full_model(cfg, plugins), init_weights),
         build_method=lambda model, accelerator: method(model, accelerator, cfg.method, plugins),
         train_batches=train_batches(cfg, run_data),
         evaluator=run_data.evaluator,
         palette=PALETTE,
     )
+
+
+def _initialised(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None):
+    if weights is not None:
+        load_model_weights(model, weights, "--init-from")
+    return model
 
 
 def config_of_checkpoint(state: dict[str, Any], path: Path, overrides: list[str]) -> RunConfig:
@@ -284,8 +304,10 @@ def train(
     resume: Path | None = None,
     console: Console | None = None,
     state: dict[str, Any] | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train ``cfg``; with ``resume``, continue that checkpoint (``state``: its loaded content)."""
+    """Train ``cfg``; with ``resume``, continue that checkpoint (``state``: its loaded content);
+    with ``init_weights``, start a new run from those weights."""
     run_dir = run_dir_for(cfg)
     if resume is not None:
         state = state if state is not None else load_checkpoint(resume)
@@ -295,7 +317,7 @@ def train(
             f"run folder {run_dir} already holds checkpoints; pass --resume latest or another name"
         )
     try:
-        result = build_trainer(cfg, run_dir, console).fit(state)
+        result = build_trainer(cfg, run_dir, console, init_weights).fit(state)
     except DataError as exc:
         raise UdaError(str(exc)) from None
     if result.report is not None and console is not None and process_state().is_main_process:

@@ -49,7 +49,13 @@ class HRDA(DAFormer):
             return super()._student_losses(batch, pixel_weight, prefix)
         cfg = self.cfg
         height, width = batch["image"].shape[-2:]
-        box = random_detail_box(height, width, cfg.hrda_detail_crop, cfg.hrda_crop_divisible)
+        box = random_detail_box(
+            height,
+            width,
+            cfg.hrda_detail_crop,
+            cfg.hrda_crop_divisible,
+            last_offset=cfg.hrda_detail_last_offset,
+        )
         output = self.model(batch["image"], detail_box=box)
         detail_batch = {k: box.crop(v) for k, v in batch.items()}
         detail_weight = None if pixel_weight is None else box.crop(pixel_weight)

@@ -7,9 +7,21 @@ Each encoder level is embedded to a common width by a linear layer, upsampled to
 level (1/4) and concatenated. A depthwise-separable ASPP without image pooling (dilations 1,
 6, 12, 18, each branch BN + ReLU) and a 3x3 bottleneck fuse the stack; the fused map is what
 plugin heads read. Dropout and a 1x1 classifier give the logits.
+
+The published heads (MIC 2f932a9 ``seg/mmseg/models/decode_heads/daformer_head.py:125-185``,
+the same in DAFormer and HRDA) start from mmcv's initialisation, ``init="mmcv"``: every
+``ConvModule`` convolution Kaiming normal (fan_out, ReLU), BatchNorm weight 1 and bias 0 (mmcv
+1.3 ``cnn/bricks/conv_module.py``, ``ConvModule.init_weights``), the classifier ``conv_seg``
+N(0, 0.01) with bias 0 (``decode_head.py:72-73``, ``init_cfg``), the linear embeddings
+PyTorch's default. ``init="normal"`` is the dispersion head's: Dispersion 604e8ea
+``mmseg/models/decode_heads/dispersion_daformer_head.py:314-320`` re-draws every convolution of
+the head, the ASPP included, from N(0, 0.01). ``"pytorch"`` keeps PyTorch's defaults (ours
+before the published initialisation was reproduced).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +30,27 @@ from torch import nn
 from uda_methods.models.segmenter import Decoder
 
 DILATIONS = (1, 6, 12, 18)
+HeadInit = Literal["mmcv", "normal", "pytorch"]
+
+
+def init_head(head: nn.Module, classifier: nn.Conv2d, init: HeadInit) -> None:
+    """Initialise a decode head's convolutions, BatchNorms and ``classifier`` as ``init`` says
+    (see the module docstring); linear layers keep PyTorch's default, as in mmcv."""
+    if init == "pytorch":
+        return
+    for module in head.modules():
+        if isinstance(module, nn.Conv2d):
+            if init == "mmcv":
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            else:
+                nn.init.normal_(module.weight, 0.0, 0.01)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(classifier.weight, 0.0, 0.01)
+    nn.init.zeros_(classifier.bias)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -90,6 +123,7 @@ class DAFormerDecoder(Decoder):
         channels: int = 256,
         dropout: float = 0.1,
         dilations: tuple[int, ...] = DILATIONS,
+        init: HeadInit = "pytorch",
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -97,6 +131,7 @@ class DAFormerDecoder(Decoder):
         self.aspp = SeparableASPP(len(in_channels) * channels, channels, dilations)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        init_head(self, self.classifier, init)
 
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.aspp(self.embed(features))

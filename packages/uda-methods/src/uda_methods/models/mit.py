@@ -12,13 +12,12 @@ the first two stages). The converter below renames the original SegFormer ImageN
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from uda_methods.models.light import TimmEncoder
-from uda_methods.models.weights import load_checked, read_state_dict
+from uda_methods.models.weights import KeyRule, load_checked, read_state_dict, rename
 
 MLP_RATIOS = (4, 4, 4, 4)
 
@@ -39,31 +38,37 @@ class MiTEncoder(TimmEncoder):
         load_checked(self.body, segformer_to_timm(read_state_dict(path)), path)
 
 
-# SegFormer name -> timm features_only name; each rule rewrites the start of a key.
-_RENAMES = [
-    (r"^patch_embed1\.", "patch_embed."),
-    (r"^patch_embed([234])\.", lambda m: f"stages_{int(m[1]) - 1}.downsample."),
-    (r"^block([1-4])\.(\d+)\.", lambda m: f"stages_{int(m[1]) - 1}.blocks.{m[2]}."),
-    (r"^norm([1-4])\.", lambda m: f"stages_{int(m[1]) - 1}.norm."),
-    (r"^stages\.(\d)\.", r"stages_\1."),  # timm's full-model names
-]
+def _stage_rules(k: int) -> tuple[KeyRule, ...]:
+    """SegFormer's names of stage ``k`` (1-4) -> timm's, the depthwise conv's double name first."""
+    stage = f"stages_{k - 1}"
+    embed = "patch_embed" if k == 1 else f"{stage}.downsample"
+    block = f"{stage}.blocks.{{j}}"
+    return (
+        KeyRule(f"patch_embed{k}.{{rest}}", f"{embed}.{{rest}}"),
+        KeyRule(f"block{k}.{{j}}.mlp.dwconv.dwconv.{{p}}", f"{block}.mlp.dwconv.{{p}}"),
+        KeyRule(f"block{k}.{{j}}.{{rest}}", f"{block}.{{rest}}"),
+        KeyRule(f"norm{k}.{{rest}}", f"{stage}.norm.{{rest}}"),
+    )
+
+
+SEGFORMER_KEYS: tuple[KeyRule, ...] = tuple(r for k in (1, 2, 3, 4) for r in _stage_rules(k))
+"""SegFormer's MiT names (also the published DAFormer/HRDA/MIC ``backbone.*``) -> timm's
+``features_only`` names: ``patch_embed1`` -> ``patch_embed``, ``patch_embedK`` ->
+``stages_{K-1}.downsample``, ``blockK.J`` -> ``stages_{K-1}.blocks.J`` (``mlp.dwconv.dwconv``
+-> ``mlp.dwconv``), ``normK`` -> ``stages_{K-1}.norm``."""
+
+_TIMM_FULL_MODEL = (KeyRule("stages.{i}.{rest}", "stages_{i}.{rest}"),)
 
 
 def segformer_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a SegFormer MiT state dict to timm's ``pvt_v2`` features_only names.
-
-    ``patch_embed1`` -> ``patch_embed``, ``patch_embedK`` -> ``stages_{K-1}.downsample``,
-    ``blockK.J`` -> ``stages_{K-1}.blocks.J``, ``normK`` -> ``stages_{K-1}.norm``,
-    ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``; the ImageNet classifier ``head.*`` is dropped.
-    Keys already in timm's names pass through unchanged.
-    """
+    """Rename a SegFormer MiT state dict to timm's ``pvt_v2`` features_only names
+    (``SEGFORMER_KEYS``); the ImageNet classifier ``head.*`` is dropped. Keys already in
+    timm's names (features_only or full model) pass through unchanged."""
     out = {}
     for key, value in state.items():
         if key.startswith("head."):
             continue
-        for pattern, replacement in _RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")] = value
+        out[rename(key, SEGFORMER_KEYS + _TIMM_FULL_MODEL) or key] = value
     return out
 
 

@@ -33,7 +33,9 @@ class Segmenter(nn.Module):
     """Encoder + decoder, and plugin heads between the decoder's fusion and its classifier.
 
     Each head in ``heads`` reads the fused features, may refine them for the classifier and
-    adds outputs of its own to ``SegOutput.aux``.
+    adds outputs of its own to ``SegOutput.aux``. A head whose outputs hold ``"logits"`` makes
+    the segmentation itself (the published dispersion head does): that map becomes
+    ``SegOutput.logits``, is not kept in ``aux``, and the decoder's classifier does not run.
     """
 
     def __init__(self, encoder: nn.Module, decoder: Decoder) -> None:
@@ -46,8 +48,12 @@ class Segmenter(nn.Module):
         features = self.encoder(image)
         fused = self.decoder.fuse(features)
         aux: dict[str, torch.Tensor] = {}
+        logits = None
         for head in self.heads.values():
             fused, outputs = head(fused)
+            outputs = dict(outputs)
+            logits = outputs.pop("logits", logits)
             aux |= outputs
-        logits = self.decoder.classify(fused)
+        if logits is None:
+            logits = self.decoder.classify(fused)
         return SegOutput(logits, features=fused, aux=aux, encoder_features=features)
