@@ -1,6 +1,7 @@
 """Milliseconds per dispersion map, per backend, side by side.
 
     python benchmarks/dispersion.py [--sizes 512 1024] [--batch 2] [--repeats 20]
+    python benchmarks/dispersion.py --worst [--worst-sizes 64 128 256]
 
 Columns: the native CPU backend on one thread and on all threads, the CUDA backend (when a GPU
 is present), the NumPy reference, the best composition of existing Python libraries (cc3d
@@ -9,6 +10,11 @@ without it) and, for comparison, only the ctypes marshalling that the published 
 wrapper does per map (labels and depth copied element by element into ctypes arrays, the map
 copied back). Two kinds of maps: synthetic scenes (tens of instances) and noisy pseudo-label-like
 maps (hundreds of instances, ragged ignore regions).
+
+`--worst` times the pair step's worst case instead: uniformly random labels with min_area=1, so
+that nearly every pixel is an instance and the all-pairs step dominates (N^2 for N instances),
+once per size without a limit (`max_instances=None`), on one thread, on all threads and on CUDA;
+then the 1024x1024 map with the default limit, which refuses it with a ValueError.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from uda_dispersion import dispersion_map, reference
+from uda_dispersion import dispersion_map, instances, reference
 
 try:
     import cc3d
@@ -137,7 +143,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--slow-repeats", type=int, default=2, help="reference, ctypes, cc3d")
+    parser.add_argument("--worst", action="store_true", help="time the pair step's worst case")
+    parser.add_argument("--worst-sizes", type=int, nargs="+", default=[64, 128, 256])
     args = parser.parse_args()
+    if args.worst:
+        worst_case(args.worst_sizes)
+        return
     b = args.batch
     threads = torch.get_num_threads()
     print(
@@ -158,6 +169,60 @@ def main() -> None:
             cells = [ms / b for ms in measure(labels, depth, threads, args)]
             text = ["-" if c != c else f"{c:.2f}" for c in cells]
             print(f"| {kind} | {size}x{size} | {count:.0f} | " + " | ".join(text) + " |")
+
+
+def noise(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Uniformly random labels: about 0.8 instances per pixel with 8-connectivity."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, (size, size)).astype(np.uint8)
+    return labels, rng.random((size, size)).astype(np.float32)
+
+
+def unlimited_seconds(
+    labels: torch.Tensor, depth: torch.Tensor, sync: Callable[[], None] = lambda: None
+) -> float:
+    """Seconds of one map with min_area=1 and no instance limit."""
+    start = time.perf_counter()
+    dispersion_map(labels, depth, min_area=1, max_instances=None)
+    sync()
+    return time.perf_counter() - start
+
+
+def worst_case(sizes: list[int]) -> None:
+    """Seconds per map of random labels with min_area=1, one run each (they are long)."""
+    threads = torch.get_num_threads()
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{threads} threads; seconds per map, random labels, min_area=1, max_instances=None"
+    )
+    columns = ["CPU 1 thread", f"CPU {threads} threads"]
+    if torch.cuda.is_available():
+        columns.append(f"CUDA ({torch.cuda.get_device_name()})")
+    print("| size | instances | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    unlimited_seconds(*(torch.from_numpy(x) for x in noise(8)))  # the op's first call is slow
+    for size in sizes:
+        labels, depth = (torch.from_numpy(x) for x in noise(size))
+        count = len(instances(labels, depth, min_area=10**9).table.area)
+        cells = []
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            cells.append(unlimited_seconds(labels, depth))
+        torch.set_num_threads(threads)
+        if torch.cuda.is_available():
+            labels, depth = labels.cuda(), depth.cuda()
+            unlimited_seconds(labels, depth, torch.cuda.synchronize)  # warm-up
+            cells.append(unlimited_seconds(labels, depth, torch.cuda.synchronize))
+        print(f"| {size}x{size} | {count} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    labels, depth = (torch.from_numpy(x) for x in noise(1024))
+    start = time.perf_counter()
+    try:
+        dispersion_map(labels, depth, min_area=1)
+    except ValueError as error:
+        print(
+            f"1024x1024 with the default max_instances: ValueError after "
+            f"{time.perf_counter() - start:.3f} s: {error}"
+        )
 
 
 def measure(labels: np.ndarray, depth: np.ndarray, threads: int, args) -> list[float]:

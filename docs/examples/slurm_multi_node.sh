@@ -13,6 +13,8 @@
 #SBATCH --time=24:00:00
 #SBATCH --output=%x-%j.out
 #SBATCH --requeue
+# SIGTERM to every task 5 minutes before the time limit: training saves and exits 3.
+#SBATCH --signal=TERM@300
 set -euo pipefail
 
 export GPUS_PER_NODE=8
@@ -33,6 +35,7 @@ else
 fi
 
 # Single quotes: SLURM_NODEID differs per node, so it is expanded inside each task.
+status=0
 srun --kill-on-bad-exit=1 bash -c '
   .venv/bin/accelerate launch \
     --config_file docs/examples/accelerate_multi_node.yaml \
@@ -41,4 +44,10 @@ srun --kill-on-bad-exit=1 bash -c '
     --machine_rank "$SLURM_NODEID" \
     --main_process_ip "$MAIN_HOST" \
     --main_process_port "$MAIN_PORT" \
-    -m uda_cli.main train $RUN_ARGS --set data.workers=6'
+    -m uda_cli.main train $RUN_ARGS --set data.workers=6' || status=$?
+
+# Exit status 3: stopped by the signal after saving a checkpoint; requeue to continue.
+if [ "$status" -eq 3 ]; then
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -17,6 +17,7 @@ def test_make_train_runs_the_main_job(tmp_path, synthetic_root):
     if not (venv / ".installed").exists():
         pytest.skip("needs the environment that `make setup` created")
     tiny_aux = ["--set", "plugins.dispersion.auxiliary.iterations=2"]
+    tiny_aux += ["--set", "method.hrda_detail_crop=[32, 32]"]  # within the tiny 64 px crop
     args = shlex.join(["--name", "make", *tiny_overrides(tmp_path, 2), *tiny_aux])
     result = subprocess.run(
         ["make", "-C", str(ROOT), "train", f"VENV={venv}", f"ARGS={args}"],

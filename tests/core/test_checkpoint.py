@@ -1,6 +1,9 @@
 import os
+import random
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +13,9 @@ from uda_core.checkpoint import (
     load_checkpoint,
     periodic_checkpoints,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from uda_core.errors import UdaError
 
@@ -60,3 +65,57 @@ def test_pruning_keeps_the_newest(tmp_path):
         save_checkpoint(tmp_path / "checkpoints" / f"iter_{it:06d}.pt", {"model": {}, "config": {}})
     prune_checkpoints(tmp_path, 2)
     assert [p.name for p in periodic_checkpoints(tmp_path)] == ["iter_000006.pt", "iter_000008.pt"]
+
+
+class _WritesAFile:
+    """A pickle payload: unpickling it would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_with_a_code_payload_fails_in_one_line_and_runs_nothing(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "x": _WritesAFile(marker)}, path)
+    with pytest.raises(UdaError, match="objects other than tensors") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path):
+    with pytest.raises(UdaError, match="is a folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_random_states_are_saved_as_tensors_a_plain_weights_only_load_reads(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {}, "config": {}, "rng": [rng_state()]})
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    set_rng_state(torch.load(path, weights_only=True)["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_random_states_of_earlier_versions_still_restore(tmp_path):
+    np.random.seed(5)
+    old = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"model": {}, "config": {}, "rng": [old]})
+    expected = np.random.rand()
+    np.random.seed(9)
+    set_rng_state(load_checkpoint(path)["rng"][0])
+    assert np.random.rand() == expected

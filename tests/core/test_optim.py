@@ -30,6 +30,7 @@ class Toy(nn.Module):
 
 
 def test_parameter_groups_multiply_decoder_lr_and_skip_decay_on_norm_and_position():
+    """Option ``optim.no_decay_scope: all`` (ours): the decoder's norm layers skip decay too."""
     opt = build_optimizer(Toy(), OptimConfig(lr=1e-4, decoder_lr_mult=10, weight_decay=0.01))
     groups = {g["name"]: g for g in opt.param_groups}
     assert (
@@ -40,6 +41,16 @@ def test_parameter_groups_multiply_decoder_lr_and_skip_decay_on_norm_and_positio
     assert groups["decoder_no_decay"]["weight_decay"] == 0.0
     # conv weight+bias decay; BN weight+bias and pos_embed do not
     assert len(groups["encoder"]["params"]) == 2 and len(groups["encoder_no_decay"]["params"]) == 3
+
+
+def test_encoder_scope_decays_every_decoder_parameter():
+    """``optim.no_decay_scope: encoder`` (published): only the encoder's norm and position
+    parameters skip the decay; the head's LayerNorm decays at lr x 10."""
+    cfg = OptimConfig(lr=1e-4, decoder_lr_mult=10, weight_decay=0.01, no_decay_scope="encoder")
+    groups = {g["name"]: g for g in build_optimizer(Toy(), cfg).param_groups}
+    assert set(groups) == {"encoder", "encoder_no_decay", "decoder"}
+    assert len(groups["decoder"]["params"]) == 4 and groups["decoder"]["weight_decay"] == 0.01
+    assert len(groups["encoder_no_decay"]["params"]) == 3
 
 
 def test_scheduler_scales_each_group():

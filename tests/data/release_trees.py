@@ -132,7 +132,7 @@ def write_cityscapes(root: Path, per_city: int = 2) -> Path:
             for k in range(per_city):
                 base = f"{city}_000000_{k:06d}"
                 _save(root / "leftImg8bit" / split / city / f"{base}_leftImg8bit.png", image(index))
-                _save(root / "depth" / split / city / f"{base}_leftImg8bit.png", depth_png(index))
+                _save(root / "depth" / split / city / f"{base}_depth.png", depth_png(index))
                 if split != "test":
                     ids = scene_ids(index, CITYSCAPES_SCENE).astype(np.uint8)
                     _save(root / "gtFine" / split / city / f"{base}_gtFine_labelIds.png", ids)

@@ -91,3 +91,20 @@ def test_compiled_on_cuda():
 
     compiled = torch.compile(shifted, fullgraph=True)
     torch.testing.assert_close(compiled(labels, depth), shifted(labels, depth))
+
+
+def test_max_instances_on_cuda_raises_the_cpu_error_and_none_lifts_it():
+    labels, depth = random_scene(2, 96, 96, 1, classes=19, ignored=0.0)
+    kwargs = {"min_area": 1, "max_instances": None}
+    torch.testing.assert_close(
+        dispersion_map(labels.cuda(), depth.cuda(), **kwargs).cpu(),
+        dispersion_map(labels, depth, **kwargs),
+        rtol=0,
+        atol=1e-5,
+    )
+    messages = []
+    for device in ("cpu", "cuda"):
+        with pytest.raises(ValueError, match="more than max_instances=100") as raised:
+            dispersion_map(labels.to(device), depth.to(device), min_area=1, max_instances=100)
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1]

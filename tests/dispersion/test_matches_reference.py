@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,34 @@ def test_undefined_pixels_hold_fill():
     out = dispersion_map(labels, np.zeros(labels.shape, np.float32), fill=-7.0)[0, 0]
     assert out[0, 0] == -7.0 and out[5, 15] == -7.0
     assert dispersion_map(np.ones((8, 8), np.int64), np.zeros((8, 8)), fill=-7.0).max() == -7.0
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "sqrt_area"])
+def test_pair_step_split_into_row_blocks_matches_reference(weighting):
+    """About 2,800 instances per image: the pair step runs as several blocks of rows, shared
+    by the threads."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 8, (2, 64, 64))
+    depth = rng.random(labels.shape).astype(np.float32)
+    kwargs = {"min_area": 1, "connectivity": 4, "weighting": weighting, "max_instances": None}
+    assert len(instances(labels, depth, **kwargs).table.area) > 2 * 1500
+    reference_kwargs = {k: v for k, v in kwargs.items() if k != "max_instances"}
+    _, table = reference.instances(labels, depth, **reference_kwargs)
+    np.testing.assert_allclose(
+        instances(labels, depth, **kwargs).table.dispersion, table[:, 6], rtol=0, atol=1e-5
+    )
+
+
+def test_thread_count_does_not_change_a_single_bit():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, (3, 64, 64))
+    depth = rng.random(labels.shape).astype(np.float32)
+    threads = torch.get_num_threads()
+    maps = []
+    for n in (1, 3):
+        torch.set_num_threads(n)
+        try:
+            maps.append(instances(labels, depth, min_area=1, max_instances=None).table.dispersion)
+        finally:
+            torch.set_num_threads(threads)
+    np.testing.assert_array_equal(maps[0], maps[1])

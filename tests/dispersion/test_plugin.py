@@ -69,9 +69,9 @@ def test_multi_dilation_classifier_sums_all_its_branches():
 def test_berhu_is_l1_below_the_threshold_and_quadratic_above_ignoring_minus_one():
     prediction = torch.tensor([0.1, 1.0, 0.3, 0.5]).view(1, 1, 1, 4).requires_grad_()
     target = torch.tensor([0.0, 0.0, -1.0, 0.5]).view(1, 1, 4)
-    # residuals 0.1, 1.0, 0.0 on valid pixels; c = 0.2 x 1.0
+    # residuals 0.1, 1.0, 0.0 on valid pixels; c = 0.2 x 1.0; the published 1e-6 in 2c + 1e-6
     c = 0.2
-    expected = (0.1 + (1.0 + c**2) / (2 * c) + 0.0) / 3
+    expected = (0.1 + (1.0 + c**2) / (2 * c + 1e-6) + 0.0) / 3
     loss = berhu_loss(prediction, target)
     assert loss.item() == pytest.approx(expected)
     loss.backward()

@@ -134,6 +134,9 @@ def test_quick_profile_of_the_plugin_sits_under_the_users_settings(tmp_path):
     assert aux["backbone"] == "resnet10t" and aux["iterations"] == 200
     assert cfg.plugins["dispersion"]["head_width"] == 32
     assert cfg.plugins["dispersion"]["dilations"] == [1, 2, 3, 4]
+    assert cfg.method.hrda_plugin_losses == "per-branch"  # quick takes our losses too
+    assert cfg.plugins["dispersion"]["seg_init_mean"] == "valid"
+    assert cfg.plugins["dispersion"]["berhu_detach_threshold"] is True
     cfg = resolve_config(
         "quick",
         None,

@@ -7,12 +7,12 @@ runs once per model and layout: it reads the file check.py built, converts the s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests.published.fixture import FIXTURE, ROOT  # noqa: F401  (re-exported)
 from uda_core.plugin import load_plugins
 from uda_methods.published_models import (
     published_run_config,
@@ -21,8 +21,6 @@ from uda_methods.published_models import (
 )
 from uda_methods.run import build_full_model
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("UDA_PUBLISHED_FIXTURE", ROOT.parent / "shared" / "published"))
 FAMILIES = {
     "daformer_b0": "daformer",
     "hrda_b0": "hrda",

@@ -28,6 +28,7 @@ from torch import nn
 from tests.methods.example_plugin import DepthHeadPlugin
 from tests.methods.published_fixture import FIXTURE, ROOT, published_model
 from tests.methods.test_hrda import run_step, tiny_model
+from tests.published.fixture import needs_fixture
 from uda_core.config import EvalConfig
 from uda_core.errors import UdaError
 from uda_core.evaluation import predict_logits, slide_average
@@ -48,9 +49,6 @@ from uda_methods.published_models import (
 from uda_methods.registry import build_method_model
 from uda_methods.run import build_full_model
 
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "manifest.json").is_file(), reason=f"no published fixture at {FIXTURE}"
-)
 PUBLISHED_PRESETS = [
     "gta2cs-daformer",
     "gta2cs-hrda",

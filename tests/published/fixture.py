@@ -22,8 +22,11 @@ SEGMENTORS = ("daformer_b0", "hrda_b0", "dispersion_daformer_b0", "dispersion_hr
 UDA = Path(sys.executable).with_name("uda")
 
 needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "check.py").is_file(), reason=f"no published-checkpoint fixture at {FIXTURE}"
+    not (FIXTURE / "check.py").is_file() and not os.environ.get("CI"),
+    reason=f"no published-checkpoint fixture at {FIXTURE}",
 )
+"""Skips the fixture's tests where ``../shared/published`` is absent, except in CI (which
+always has it beside the clone), where they then fail instead of passing unseen."""
 
 
 def _module(name: str, file: str) -> ModuleType:

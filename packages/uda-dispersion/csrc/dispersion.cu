@@ -10,6 +10,7 @@
 #include <climits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "dispersion.h"
 
@@ -44,6 +45,7 @@ struct Workspace {
   int32_t* instance;  // exclusive scan of root flags: the instance id at each root pixel
   int32_t* tile_sums;
   int32_t* depth_range;  // per image: ordered-int min and max of valid depths
+  int32_t* kept;         // per image: instances of at least min_area (for max_instances)
   int32_t* area;
   int32_t* label;
   int32_t* batch;
@@ -67,6 +69,7 @@ struct Workspace {
     instance = reinterpret_cast<int32_t*>(take(n * 4));
     tile_sums = reinterpret_cast<int32_t*>(take((tiles + 1) * 4));
     depth_range = reinterpret_cast<int32_t*>(take(o.batch * 2 * 4));
+    kept = reinterpret_cast<int32_t*>(take(o.batch * 4));
     area = reinterpret_cast<int32_t*>(take(n * 4));
     label = reinterpret_cast<int32_t*>(take(n * 4));
     batch = reinterpret_cast<int32_t*>(take(n * 4));
@@ -117,13 +120,15 @@ __device__ void unite(int32_t* parent, int32_t a, int32_t b) {
   }
 }
 
-__global__ void init_kernel(int32_t* parent, int32_t* depth_range, int64_t n, int64_t batch) {
+__global__ void init_kernel(int32_t* parent, int32_t* depth_range, int32_t* kept, int64_t n,
+                            int64_t batch) {
   for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < n;
        p += int64_t{gridDim.x} * blockDim.x) {
     parent[p] = static_cast<int32_t>(p);
     if (p < batch) {
       depth_range[2 * p] = INT_MAX;
       depth_range[2 * p + 1] = INT_MIN;
+      kept[p] = 0;
     }
   }
 }
@@ -348,6 +353,34 @@ __global__ void reduce_kernel(const int32_t* labels, const float* depth, const i
   }
 }
 
+// Counts each image's instances of at least min_area.
+__global__ void count_kept_kernel(const int32_t* offsets, Workspace ws, Options o) {
+  const int32_t count = offsets[o.batch];
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    if (ws.area[i] >= o.min_area) atomicAdd(&ws.kept[ws.batch[i]], 1);
+  }
+}
+
+// Waits for the device and throws std::invalid_argument when an image holds more than
+// max_instances instances of at least min_area.
+void check_instance_count(const int32_t* offsets, Workspace& ws, const Options& o,
+                          cudaStream_t stream) {
+  count_kept_kernel<<<blocks_for(o.batch * o.height * o.width), kThreads, 0, stream>>>(offsets,
+                                                                                       ws, o);
+  check(cudaGetLastError(), "kernel launch");
+  std::vector<int32_t> kept(o.batch);
+  check(cudaMemcpyAsync(kept.data(), ws.kept, o.batch * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                        stream),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  for (int64_t b = 0; b < o.batch; ++b) {
+    if (kept[b] > o.max_instances) {
+      throw std::invalid_argument(too_many_instances(b, kept[b], o));
+    }
+  }
+}
+
 // Sums become centroids (x, y, z) in place.
 __global__ void centroid_kernel(const int32_t* offsets, Workspace ws, Options o) {
   const int32_t count = offsets[o.batch];
@@ -473,7 +506,7 @@ void cuda_dispersion(const int32_t* labels, const float* depth, float* out, int3
   const dim3 reduce_grid(static_cast<unsigned>((segments + kThreads - 1) / kThreads),
                          static_cast<unsigned>(o.batch));
 
-  init_kernel<<<blocks, kThreads, 0, stream>>>(ws.parent, ws.depth_range, n, o.batch);
+  init_kernel<<<blocks, kThreads, 0, stream>>>(ws.parent, ws.depth_range, ws.kept, n, o.batch);
   merge_kernel<<<blocks, kThreads, 0, stream>>>(labels, ws.parent, o);
   compress_kernel<<<blocks, kThreads, 0, stream>>>(labels, ws.parent, o);
   scan_tiles_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
@@ -481,6 +514,9 @@ void cuda_dispersion(const int32_t* labels, const float* depth, float* out, int3
   scan_tile_sums_kernel<<<1, kThreads, 0, stream>>>(ws.tile_sums, tiles);
   number_kernel<<<blocks, kThreads, 0, stream>>>(labels, ws.parent, offsets, ws, o);
   reduce_kernel<<<reduce_grid, kThreads, 0, stream>>>(labels, depth, ws.parent, ws, o);
+  if (o.max_instances >= 0 && instance_bound(o) > o.max_instances) {
+    check_instance_count(offsets, ws, o, stream);
+  }
   centroid_kernel<<<blocks, kThreads, 0, stream>>>(offsets, ws, o);
   dispersion_kernel<<<blocks, kThreads, 0, stream>>>(offsets, ws, o);
   paint_kernel<<<blocks, kThreads, 0, stream>>>(labels, ws.parent, out, ids, ws, o);

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #ifdef __CUDACC__
@@ -29,7 +31,12 @@ struct Options {
   double depth_weight = 1.0;
   Weighting weighting = Weighting::kUniform;
   float fill = -1.0f;
+  int64_t max_instances = -1;  // most instances of at least min_area per image; -1: no limit
 };
+
+// Thrown by the CPU backend when `interrupted` reported a pending signal (the Python error
+// is already set; the binding re-raises it).
+struct Interrupted {};
 
 // Supporters closer than this (in the joint image-depth space) give no direction.
 constexpr double kMinDistance = 1e-6;
@@ -57,12 +64,29 @@ UDA_HOST_DEVICE inline float dispersion_value(double sx, double sy, double sz, d
   return static_cast<float>(value < 0.0 ? 0.0 : value);
 }
 
+// The ValueError text when an image holds more than max_instances instances of min_area.
+inline std::string too_many_instances(int64_t image, int64_t count, const Options& o) {
+  return "image " + std::to_string(image) + " of the batch has " + std::to_string(count) +
+         " instances of at least min_area=" + std::to_string(o.min_area) +
+         " pixels, more than max_instances=" + std::to_string(o.max_instances) +
+         "; every pair of them is compared (N^2 work), so raise min_area, or pass a larger "
+         "max_instances (None for no limit)";
+}
+
+// Largest possible number of instances of at least min_area in one image.
+inline int64_t instance_bound(const Options& o) {
+  const int64_t pixels = o.height * o.width;
+  return o.min_area > 1 ? pixels / o.min_area : pixels;
+}
+
 // labels: B*H*W of `label_type`; depth: B*H*W float32; out: B*H*W float32; ids: B*H*W int32
 // or null. Returns the instance table, row-major, kNumColumns values per instance. Throws
-// std::invalid_argument on negative labels (other than ignore_index) and non-finite depth.
+// std::invalid_argument on negative labels (other than ignore_index), non-finite depth and
+// images over max_instances. `interrupted` is called from the calling thread every few
+// milliseconds of long work; when it returns true the work stops and Interrupted is thrown.
 std::vector<double> cpu_dispersion(const void* labels, LabelType label_type, const float* depth,
                                    float* out, int32_t* ids, const Options& options,
-                                   int num_threads);
+                                   int num_threads, const std::function<bool()>& interrupted);
 
 #ifdef UDA_DISPERSION_WITH_CUDA
 // Bytes of device scratch memory cuda_dispersion needs for this batch.

@@ -15,9 +15,11 @@ from rich.progress import MofNCompleteColumn, Progress
 from uda_cli.errors import fail, friendly_errors
 from uda_core.errors import UdaError
 from uda_core.plugin import load_plugin
+from uda_data.atomic import check_writable, save_png, write_atomic
 from uda_data.config import open_folder
 from uda_data.depth import decode_depth_anything
-from uda_data.errors import DataError
+from uda_data.errors import DataError, write_error
+from uda_data.files import read_npy
 from uda_dispersion import instances
 from uda_methods.presets import DEFAULT_PRESET, PRESETS
 from uda_methods.run import prepare_context, resolve_config
@@ -66,6 +68,7 @@ def _group() -> None:
 
 
 @app.command("map")
+@friendly_errors
 def map_command(
     labels: Annotated[Path, typer.Option(help="trainId label PNG (255 = ignore).")],
     depth: Annotated[Path, typer.Option(help="Depth map of the same size (PNG, or .npy if raw).")],
@@ -83,7 +86,10 @@ def map_command(
     """Write the dispersion map of a label map and a depth map as a colourised PNG."""
     if connectivity not in (4, 8):
         raise fail(f"--connectivity must be 4 or 8, got {connectivity}")
+    if out.suffix.lower() != ".png":
+        raise fail(f"--out {out}: the map is written as a PNG; name it *.png")
     try:
+        check_outputs(out, npy)
         values, count = compute_map(
             labels,
             depth,
@@ -133,13 +139,27 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
-def write_map(values: np.ndarray, out: Path, npy: Path | None) -> None:
+def check_outputs(out: Path, npy: Path | None) -> None:
+    """Before the work: each output's folder exists and a file can be written there."""
     for path in (out, npy):
-        if path is not None and not path.parent.is_dir():
+        if path is None:
+            continue
+        if not path.parent.is_dir():
             raise MapInputError(f"folder {path.parent} does not exist; create it or pick another")
-    Image.fromarray(colorize(values)).save(out, format="PNG")
+        check_writable(path)
+
+
+def write_map(values: np.ndarray, out: Path, npy: Path | None) -> None:
+    """The colourised PNG and the raw map, each written whole or not at all."""
+    raw = values.astype(np.float32)
+    writes = [(out, lambda: save_png(out, colorize(values)))]
     if npy is not None:
-        np.save(npy, values.astype(np.float32))
+        writes.append((npy, lambda: write_atomic(npy, lambda f: np.save(f, raw))))
+    for path, write in writes:
+        try:
+            write()
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
 
 def _open_image(path: Path, flag: str) -> Image.Image:
@@ -165,10 +185,7 @@ def _read_depth(path: Path, encoding: str) -> np.ndarray:
     if encoding == "raw" and path.suffix == ".npy":
         if not path.is_file():
             raise MapInputError(f"{path} not found; pass an existing file with --depth")
-        depth = np.load(path)
-        if depth.ndim != 2:
-            raise MapInputError(f"{path} holds shape {depth.shape}; pass an H x W array")
-        return depth.astype(np.float32)
+        return read_npy(path)
     pixels = np.asarray(_open_image(path, "--depth"))
     if pixels.ndim == 3:
         if not (pixels[..., :3] == pixels[..., :1]).all():
@@ -231,6 +248,7 @@ def pretrain_command(
             path = out or plugin.cache_path(context)
             if path.exists():
                 raise UdaError(f"{path} already exists; remove it or pass --out elsewhere")
+            check_writable(path)
             plugin.pretrain(context, path)
     except DataError as exc:
         raise UdaError(str(exc)) from None

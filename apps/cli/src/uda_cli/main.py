@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
-from PIL import Image
 from rich.console import Console
 
 from uda_cli import __version__
@@ -21,9 +21,12 @@ from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
 from uda_cli.predict import Copy, predict_command
-from uda_core.checkpoint import atomic_write_bytes, load_checkpoint
-from uda_core.errors import UdaError
+from uda_core.checkpoint import load_checkpoint
+from uda_core.config import RuntimeConfig, apply_overrides
+from uda_core.errors import INTERRUPTED_EXIT, PREEMPTED_EXIT, UdaError
+from uda_data.atomic import check_writable, save_png, write_bytes
 from uda_data.classes import colorize
+from uda_data.errors import write_error
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
 from uda_methods.published import published_line
@@ -37,7 +40,7 @@ from uda_methods.published_files import (
 from uda_methods.run import (
     check_names,
     checkpoint_to_resume,
-    config_of_checkpoint,
+    config_to_resume,
     evaluate,
     open_data,
     resolve_config,
@@ -184,33 +187,29 @@ def train_command(
     if pretrained is not None:
         flags.setdefault("model", {})["pretrained"] = str(pretrained)
     overrides = list(set_ or [])
-    init, init_file = None, None
-    if init_from is not None:
-        if resume is not None:
-            raise UdaError(
-                "--init-from starts a new run from weights, --resume continues a run; pass one"
+    init, init_file, checkpoint, state = None, None, None, None
+    if init_from is not None and resume is not None:
+        raise UdaError(
+            "--init-from starts a new run from weights, --resume continues a run; pass one"
+        )
+    if resume is not None:
+        checkpoint, state, cfg = _to_resume(resume, config, flags, overrides)
+        if state["iteration"] >= cfg.runtime.iterations:
+            console.print(
+                f"nothing to train: the run in {checkpoint.parent.parent} finished at iteration "
+                f"{state['iteration']}/{cfg.runtime.iterations}; pass a larger --iters to train "
+                f"further, or evaluate it with `uda eval {checkpoint}`"
             )
+            return
+    elif init_from is not None:
         init_file = read_checkpoint_file(init_from, copy.value)
         cfg = init_config(init_file, preset, config, flags, overrides, data_root)
     else:
         cfg = resolve_config(preset or presets.DEFAULT_PRESET, config, flags, overrides, data_root)
     if num_processes > 1 and not dry_run:
-        if resume is None:
-            check_names(cfg)
-        else:
-            checkpoint_to_resume(resume, cfg.runtime.work_dir)
-        _launch(num_processes)
+        check_names(cfg)
+        _launch(num_processes, None if cfg.runtime.name or resume else run_dir_for(cfg).name)
         return
-    checkpoint, state = None, None
-    if resume is not None:
-        checkpoint = checkpoint_to_resume(resume, cfg.runtime.work_dir)
-        state = load_checkpoint(checkpoint)
-        if "optimizer" not in state:
-            raise UdaError(
-                f"--resume {checkpoint}: it holds weights only (a best.pt or an imported file), "
-                "no training state; start a new run from it with --init-from"
-            )
-        cfg = config_of_checkpoint(state, checkpoint, overrides)
     check_names(cfg)
     if init_file is not None:
         _, init = model_weights(init_file, cfg)
@@ -220,10 +219,29 @@ def train_command(
     train(cfg, checkpoint, console, state, init)
 
 
-def _launch(num_processes: int) -> None:
+def _to_resume(resume: str, config: Path | None, flags: dict, overrides: list[str]):
+    """The checkpoint ``--resume`` names (``latest``: the newest under the work dir given by
+    --work-dir or --set runtime.work_dir), its content, and the config to continue with."""
+    given = apply_overrides(flags, overrides).get("runtime", {}).get("work_dir")
+    checkpoint = checkpoint_to_resume(resume, Path(given or RuntimeConfig().work_dir))
+    state = load_checkpoint(checkpoint)
+    if "optimizer" not in state:
+        raise UdaError(
+            f"--resume {checkpoint}: it holds weights only (a best.pt or an imported file), "
+            "no training state; start a new run from it with --init-from"
+        )
+    cfg, changes = config_to_resume(state, checkpoint, config, flags, overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for change in changes:
+            console.print(f"resume changes {change}")
+    return checkpoint, state, cfg
+
+
+def _launch(num_processes: int, name: str | None) -> None:
     """Run this `uda train` command line again in ``num_processes`` processes, through
     torch.distributed.run (what `accelerate launch --multi_gpu` calls), without
-    --num-processes."""
+    --num-processes; with ``name``, every process is given that run folder name."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -244,11 +262,16 @@ def _launch(num_processes: int) -> None:
         threads = max((os.cpu_count() or 1) // num_processes, 1)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     argv = _without_option(sys.argv[sys.argv.index("train") :], "--num-processes")
+    if name is not None:
+        argv += ["--name", name]
     launcher = ["--standalone", f"--nproc-per-node={num_processes}", "--module", "uda_cli.main"]
     try:
         run(get_args_parser().parse_args([*launcher, *argv]))
     except ChildFailedError as exc:
         raise typer.Exit(max(exc.get_first_failure()[1].exitcode, 1)) from None
+    except SignalException as exc:  # the launcher was signalled; its processes saved and said so
+        code = INTERRUPTED_EXIT if exc.sigval == signal.SIGINT else PREEMPTED_EXIT
+        raise typer.Exit(code) from None
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -331,6 +354,10 @@ def eval_command(
         overrides.append(f"data.val.split={split}")
     if mode is not None:
         overrides.append(f"eval.mode={mode.value}")
+    output = output or checkpoint.with_suffix(".eval.json")
+    check_writable(output)
+    if save_predictions is not None:
+        check_writable(save_predictions / "prediction_pred.png")
     loaded = load_segmentation_model(checkpoint, overrides, copy.value, preset)
     model, cfg, state = loaded.model, loaded.cfg, loaded.file.meta
     saver = _prediction_saver(save_predictions) if save_predictions else None
@@ -346,20 +373,18 @@ def eval_command(
         "iteration": iteration,
         **report.as_dict(),
     }
-    output = output or checkpoint.with_suffix(".eval.json")
-    text = json.dumps(result, indent=2).encode()
-    atomic_write_bytes(output, lambda f: f.write(text))
+    write_bytes(output, json.dumps(result, indent=2).encode())
     console.print(f"results written to {output}")
 
 
 def _prediction_saver(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-
     def save(batch, pred) -> None:
         for name, p in zip(batch["name"], pred.cpu().numpy().astype(np.uint8), strict=True):
             path = folder / f"{Path(name).stem}_pred.png"
-            picture = Image.fromarray(colorize(p))
-            atomic_write_bytes(path, lambda f, picture=picture: picture.save(f, format="PNG"))
+            try:
+                save_png(path, colorize(p))
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
     return save
 

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
-from PIL import Image
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -49,6 +48,8 @@ from uda_core.evaluation import slide_average
 from uda_core.model import SegOutput, logits_of
 from uda_data.atomic import save_png
 from uda_data.classes import colorize
+from uda_data.errors import DataError
+from uda_data.files import read_image
 from uda_data.transforms import IMAGENET_MEAN, IMAGENET_STD, Sample, resize, to_tensors
 from uda_methods.config import RunConfig
 from uda_methods.published_files import load_segmentation_model
@@ -135,14 +136,6 @@ def predict_maps(model: torch.nn.Module, image: torch.Tensor, cfg: EvalConfig) -
     return slide_average(predict, image, cfg.crop_size, cfg.stride, cfg.batched)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise UdaError(f"{path}: cannot be read as an image ({exc})") from None
-
-
 def read_bgr(path: Path) -> np.ndarray:
     """The 8-bit BGR image as mmcv's ``imfrombytes`` (OpenCV backend, flag ``color``) decodes
     it: grey and 16-bit images become 8-bit BGR, alpha is dropped."""
@@ -191,7 +184,7 @@ def predict_image(
         picture = np.ascontiguousarray(bgr[..., ::-1])
         tensor = reference_input(bgr, cfg.data.val_resize)
     else:
-        picture = _read_rgb(path)
+        picture = read_image(path)
         sample = Sample(picture)
         size = network_size(sample.size, cfg.data.val_resize)
         tensor = to_tensors(resize(sample, size))["image"][None]
@@ -286,7 +279,7 @@ def predict_command(
         for path, stem in bar.track(found, description="predicting"):
             try:
                 with_disp += predict_image(model, cfg, path, stem, opacity, pipeline, save_logits)
-            except UdaError as exc:
+            except (UdaError, DataError) as exc:
                 failed.append(str(exc))
     extra = f", {with_disp} with a dispersion map" if with_disp else ""
     console.print(

@@ -1,15 +1,20 @@
-"""Strong augmentation of normalised image batches on their device (DACS): colour jitter
-and Gaussian blur, with random parameters drawn per sample."""
+"""Strong augmentation of normalised image batches on their device (DACS): kornia's colour
+jitter and Gaussian blur, each behind a U(0,1) gate, as the DACS/DAFormer/MIC reference
+(MIC 2f932a9 ``seg/mmseg/models/utils/dacs_transforms.py``) applies them."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from kornia.augmentation import ColorJiggle
+from kornia.filters import gaussian_blur2d
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+BLUR_SIGMA = (0.15, 1.15)
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,96 +23,59 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
-    return (torch.rand(n) * (high - low) + low).to(device).view(n, 1, 1, 1)
+def color_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
+    """kornia's ``ColorJiggle(s, s, s, s)`` on the images in [0, 1]: brightness ``x + (f - 1)``,
+    contrast ``x * f``, saturation scaled in HSV, hue shifted by ``f`` turns (factors per image,
+    in [1 - s, 1 + s] and [-s, s]), the four in one random order per call. This is kornia 0.5.8's
+    ``ColorJitter``, which the reference calls (``dacs_transforms.py:52-66``)."""
+    mean, std = _stats(images.float())
+    rgb = (images.float() * std + mean) / 255.0
+    out = ColorJiggle(strength, strength, strength, strength)(rgb)
+    return ((out * 255.0 - mean) / std).to(images.dtype)
 
 
-def _gray(rgb: torch.Tensor) -> torch.Tensor:
-    r, g, b = rgb.unbind(1)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
-
-
-def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    r, g, b = rgb.unbind(1)
-    high, argmax = rgb.max(1)
-    low = rgb.min(1).values
-    delta = high - low
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.stack([((g - b) / safe) % 6, (b - r) / safe + 2, (r - g) / safe + 4], 1)
-    hue = hue.gather(1, argmax.unsqueeze(1)).squeeze(1) / 6.0
-    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
-    sat = torch.where(high > 0, delta / torch.where(high > 0, high, torch.ones_like(high)), high)
-    return torch.stack([hue % 1.0, sat, high], 1)
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(1)
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
-    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-
-def color_jitter(images: torch.Tensor, strength: float = 0.2, p: float = 0.2) -> torch.Tensor:
-    """Brightness, contrast, saturation (factors in [1-s, 1+s]) and hue (shift in [-s, s]).
-
-    As in DACS, ``p`` is the probability of *skipping*: each sample is jittered when a uniform
-    draw exceeds ``p`` (so with probability 0.8 at the published p = 0.2).
-    """
-    n = images.shape[0]
-    apply = (torch.rand(n) > p).to(images.device).view(n, 1, 1, 1)
-    brightness = _uniform(n, 1 - strength, 1 + strength, images.device)
-    contrast = _uniform(n, 1 - strength, 1 + strength, images.device)
-    saturation = _uniform(n, 1 - strength, 1 + strength, images.device)
-    hue = _uniform(n, -strength, strength, images.device).view(n, 1, 1)
-    mean, std = _stats(images)
-    rgb = ((images * std + mean) / 255.0).clamp(0, 1).float()
-    out = (rgb * brightness).clamp(0, 1)
-    out = (
-        (out - _gray(out).mean((2, 3), keepdim=True)) * contrast
-        + _gray(out).mean((2, 3), keepdim=True)
-    ).clamp(0, 1)
-    out = ((out - _gray(out)) * saturation + _gray(out)).clamp(0, 1)
-    hsv = _rgb_to_hsv(out)
-    hsv = torch.stack([(hsv[:, 0] + hue) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-    out = _hsv_to_rgb(hsv).to(images.dtype)
-    jittered = (out * 255.0 - mean) / std
-    return torch.where(apply, jittered, images)
-
-
-def _kernel_size(length: int) -> int:
-    """DACS's kernel size: about 10 % of the side, odd."""
+def blur_kernel_size(length: int) -> int:
+    """The reference's kernel side: ``floor(ceil(0.1 L) - 0.5 + ceil(0.1 L) % 2)``, odd."""
     ten = math.ceil(0.1 * length)
     return math.floor(ten - 0.5 + ten % 2)
 
 
-def gaussian_blur(
-    images: torch.Tensor, prob: float = 0.5, sigma: tuple[float, float] = (0.15, 1.15)
-) -> torch.Tensor:
-    """Blur each sample with probability ``prob`` and a sigma drawn uniformly per sample."""
-    n, c, h, w = images.shape
-    apply = (torch.rand(n) < prob).to(images.device).view(n, 1, 1, 1)
-    sigmas = (torch.rand(n) * (sigma[1] - sigma[0]) + sigma[0]).to(images.device)
-    out = images
-    for axis, length in ((2, h), (3, w)):
-        size = max(_kernel_size(length), 1)
-        offsets = torch.arange(size, device=images.device, dtype=images.dtype) - (size - 1) / 2
-        kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigmas[:, None] ** 2))
-        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)
-        shape = (n * c, 1, size, 1) if axis == 2 else (n * c, 1, 1, size)
-        pad = (
-            (0, 0, size // 2, (size - 1) // 2) if axis == 2 else (size // 2, (size - 1) // 2, 0, 0)
-        )
-        flat = F.pad(
-            out.reshape(1, n * c, h, w),
-            pad,
-            mode="reflect" if size // 2 < min(h, w) else "replicate",
-        )
-        out = F.conv2d(flat, kernel.view(shape), groups=n * c).view(n, c, h, w)
-    return torch.where(apply, out, images)
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """kornia's Gaussian blur (reflect border) with one ``sigma`` on both axes and the
+    reference's kernel size per axis (``dacs_transforms.py:69-87``)."""
+    size = (blur_kernel_size(images.shape[-2]), blur_kernel_size(images.shape[-1]))
+    return gaussian_blur2d(images.float(), size, (sigma, sigma)).to(images.dtype)
 
 
 def strong_augment(
-    images: torch.Tensor, jitter_strength: float = 0.2, jitter_p: float = 0.2, blur: bool = True
+    images: torch.Tensor,
+    jitter_strength: float = 0.2,
+    jitter_p: float = 0.2,
+    blur: bool = True,
+    *,
+    gates: Literal["batch", "image"] = "batch",
+    per_image_calls: bool = False,
 ) -> torch.Tensor:
-    """DACS's strong augmentation of a mixed batch: colour jitter, then Gaussian blur."""
-    out = color_jitter(images, jitter_strength, jitter_p)
-    return gaussian_blur(out) if blur else out
+    """DACS's strong augmentation: colour jitter when ``U(0,1) > jitter_p``, then (``blur``) a
+    Gaussian blur with ``sigma ~ U(0.15, 1.15)`` when ``U(0,1) > 0.5``.
+
+    ``gates``: ``batch`` draws one jitter gate and one blur gate for the whole batch (the
+    reference, ``dacs.py:331-339``); ``image`` draws them for each image, with its own jitter
+    order and sigma. ``per_image_calls``: with batch gates, each image still gets its own
+    jitter order and blur sigma (the reference's mixed step transforms one image per call,
+    ``dacs.py:400-409``); without, the batch shares one order and one sigma (MIC's masked
+    image, ``masking_consistency_module.py:118-130``).
+    """
+    if gates == "image":
+        return torch.cat([strong_augment(x[None], jitter_strength, jitter_p, blur) for x in images])
+    jitter_on = torch.rand(()).item() > jitter_p
+    blur_on = blur and torch.rand(()).item() > 0.5
+    parts = []
+    for part in images.split(1) if per_image_calls else (images,):
+        if jitter_on:
+            part = color_jitter(part, jitter_strength)
+        if blur_on:
+            low, high = BLUR_SIGMA
+            part = gaussian_blur(part, torch.empty(()).uniform_(low, high).item())
+        parts.append(part)
+    return torch.cat(parts)

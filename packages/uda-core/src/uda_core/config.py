@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uda_core.errors import UdaError
 
@@ -41,7 +41,13 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     no_decay_norm_and_pos: bool = Field(
-        True, description="No weight decay on norm layers, biases and position embeddings."
+        True, description="No weight decay on norm layers and position embeddings."
+    )
+    no_decay_scope: Literal["encoder", "all"] = Field(
+        "all",
+        description="Where no_decay_norm_and_pos applies: encoder (published: every decoder and "
+        "head parameter, BatchNorm included, gets the weight decay, as mmcv's paramwise_cfg "
+        "custom key 'head' does) or all (ours before: the decoder's norm layers too).",
     )
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
 
@@ -96,12 +102,35 @@ class RuntimeConfig(Section):
         False, description="torch.compile the student (first iterations slower; GPU speed-up)."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("a run folder name, without path separators, '.' or '..'")
+        return value
+
+    @field_validator("work_dir")
+    @classmethod
+    def _folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("is a file; give a folder (it is created if missing)")
+        return value
+
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML, TOML or JSON file into a dict."""
+    if path.is_dir():
+        raise UdaError(f"config file {path} is a folder; give the file to --config")
     if not path.is_file():
         raise UdaError(f"config file {path} does not exist; check the path given to --config")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UdaError(
+            f"config file {path} is not UTF-8 text (a binary file?); give a YAML, TOML or JSON file"
+        ) from None
+    except OSError as exc:
+        raise UdaError(f"config file {path} cannot be read ({exc.strerror})") from None
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
@@ -115,8 +144,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 f"config file {path}: unknown format {suffix!r}; use .yaml, .toml or .json"
             )
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UdaError(f"config file {path} cannot be parsed: {first}") from exc
+        raise UdaError(f"config file {path} cannot be parsed: {_parse_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -124,6 +152,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
             f"config file {path} must hold a mapping of sections, not {type(data).__name__}"
         )
     return data
+
+
+def _parse_problem(exc: Exception) -> str:
+    """The parser's complaint in one line, with its line and column (1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -212,3 +249,21 @@ class EvalConfig(Section):
         description="Slide: all windows of a batch in one forward pass (False: one at a time, "
         "for small GPUs; CUDA out-of-memory falls back to that on its own).",
     )
+
+    @field_validator("crop_size", "stride")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("sizes must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _windows_cover_the_image(self) -> EvalConfig:
+        if self.mode == "slide" and any(
+            s > c for s, c in zip(self.stride, self.crop_size, strict=True)
+        ):
+            raise ValueError(
+                f"slide stride {self.stride} is larger than the window {self.crop_size}: "
+                "pixels between windows would get no prediction; use a stride <= crop_size"
+            )
+        return self

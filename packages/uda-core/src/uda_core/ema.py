@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from accelerate import PartialState
@@ -39,19 +40,28 @@ class EMATeacher(nn.Module):
     """A frozen copy of the student, updated as ``teacher = a * teacher + (1 - a) * student``.
 
     ``a_t = min(1 - 1 / (t + 1), alpha)``: early on the teacher follows the student closely,
-    later it averages over about ``1 / (1 - alpha)`` steps. Parameters and floating buffers
-    (BatchNorm statistics) are averaged in place; integer buffers are copied. Dropout and
+    later it averages over about ``1 / (1 - alpha)`` steps. Parameters are averaged in place.
+    ``buffers``: ``own`` leaves the teacher's buffers (BatchNorm statistics) to its own forward
+    passes (the reference averages parameters only, MIC 2f932a9
+    ``seg/mmseg/models/uda/dacs.py:122-135``); ``average`` averages the floating ones like the
+    parameters and copies the integer ones. Dropout and
     drop-path are off in the teacher; normalisation layers keep the student's mode, as in
     DACS/DAFormer. With several processes the teacher's buffers, which its own forward passes
     in training mode update on each process's batch, are averaged after each update, so every
     process keeps the same teacher.
     """
 
-    def __init__(self, student: nn.Module, alpha: float = 0.999) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        alpha: float = 0.999,
+        buffers: Literal["average", "own"] = "average",
+    ) -> None:
         super().__init__()
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"EMA alpha must be in [0, 1), got {alpha}")
         self.alpha = alpha
+        self.buffers_mode = buffers
         self.model = copy.deepcopy(student)
         self.model.requires_grad_(False)
         self._silence_stochastic_layers()
@@ -75,11 +85,12 @@ class EMATeacher(nn.Module):
         a = self.alpha_at(step)
         for t, s in zip(self.model.parameters(), student.parameters(), strict=True):
             t.mul_(a).add_(s.detach(), alpha=1.0 - a)
-        for t, s in zip(self.model.buffers(), student.buffers(), strict=True):
-            if t.dtype.is_floating_point:
-                t.mul_(a).add_(s.detach(), alpha=1.0 - a)
-            else:
-                t.copy_(s)
+        if self.buffers_mode == "average":
+            for t, s in zip(self.model.buffers(), student.buffers(), strict=True):
+                if t.dtype.is_floating_point:
+                    t.mul_(a).add_(s.detach(), alpha=1.0 - a)
+                else:
+                    t.copy_(s)
         average_buffers(self.model)
 
     @torch.no_grad()

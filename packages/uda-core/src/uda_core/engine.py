@@ -9,6 +9,12 @@ gradients of every backward pass; each process draws its own batches; BatchNorm 
 and the EMA teacher's are averaged after each step; evaluation shards target val over the
 processes and sums their confusion matrices; the main process alone writes checkpoints,
 after checking that every process holds the same weights. See docs/distributed.md.
+
+Each checkpoint is written before the evaluation of its iteration, so a failed or interrupted
+evaluation keeps the trained weights. SIGTERM and SIGUSR1 (what schedulers send before they
+kill a job) let the current iteration finish, save a checkpoint and stop with ``Stopped``
+(exit status ``PREEMPTED_EXIT``); ``--resume latest`` then continues bit-exactly. See
+docs/preemption.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import importlib.util
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,8 +39,11 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from torch import nn
 
 from uda_core.checkpoint import (
+    CHECKPOINT_DIR,
     atomic_write_bytes,
     prune_checkpoints,
+    read_weights_only,
+    remove_temporary_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -40,11 +51,14 @@ from uda_core.checkpoint import (
 from uda_core.config import OptimConfig, RuntimeConfig, ScheduleConfig
 from uda_core.debug import save_panels
 from uda_core.ema import average_buffers
-from uda_core.errors import UdaError
+from uda_core.errors import PREEMPTED_EXIT, Stopped, UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.logging import MetricsLog, TrainProgress, console
 from uda_core.method import Method, UDABatch
 from uda_core.optim import build_optimizer, build_scheduler
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""Signals that make training save a checkpoint after the current iteration and stop."""
 
 TrainBatches = Callable[[int, int, int], Iterable[UDABatch]]
 """(start iteration, process rank, process count) -> one batch per iteration from ``start``."""
@@ -99,6 +113,36 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, lambda f: f.write(text))
 
 
+class StopRequest:
+    """Records the first of ``STOP_SIGNALS`` while installed (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signal = self.signal or signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process got a stop signal (every process then stops at this step)."""
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        flag = torch.tensor([float(self.signal or 0)], device=accelerator.device)
+        agreed = int(accelerator.reduce(flag, "max").item())
+        self.signal = self.signal or (agreed or None)
+        return agreed > 0
+
+
 def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Load weights, explaining a mismatch (a checkpoint from another model) in one line."""
     own = model.state_dict()
@@ -143,6 +187,8 @@ class Trainer:
         self.train_batches = train_batches
         self.evaluator = evaluator
         self.palette = palette
+        self.last_checkpoint: Path | None = None
+        """The newest checkpoint this trainer wrote (or resumed from)."""
 
     def _accelerator(self) -> Accelerator:
         if self.runtime.precision == "fp16" and not torch.cuda.is_available():
@@ -197,8 +243,10 @@ class Trainer:
             )
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
+            self._apply_new_lr(optimizer, scheduler, resume["config"])
             method.load_state_dict(resume.get("method", {}))
-            start, best = resume["iteration"], resume.get("best", -math.inf)
+            start = resume["iteration"]
+            best = max(resume.get("best", -math.inf), self._saved_best())
             self._restore_rng(resume["rng"], accelerator.process_index, start)
             if is_main:
                 out.print(f"resuming {self.run_dir} at iteration {start}/{rt.iterations}")
@@ -212,6 +260,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.run_dir)
             write_json(self.run_dir / "config.json", self.config)
         if accelerator.log_with:
             accelerator.init_trackers("tensorboard")
@@ -223,6 +272,7 @@ class Trainer:
             self.train_batches(start, accelerator.process_index, accelerator.num_processes)
         )
         timer, data_wait, last_log = time.perf_counter(), 0.0, start
+        stop = StopRequest().install()
         try:
             for iteration in range(start, rt.iterations):
                 waited = time.perf_counter()
@@ -261,6 +311,12 @@ class Trainer:
                     accelerator.log(logs, step=done)
                 if log_now:
                     timer, data_wait, last_log = time.perf_counter(), 0.0, done
+                save_now = done % rt.checkpoint_interval == 0 or done == rt.iterations
+                if save_now:
+                    last_ckpt = self._save(
+                        accelerator, model, optimizer, scheduler, method, done, best
+                    )
+                    self.last_checkpoint = last_ckpt
                 if self.evaluator is not None and (
                     done % rt.eval_interval == 0 or done == rt.iterations
                 ):
@@ -271,17 +327,47 @@ class Trainer:
                         if report.miou > best:
                             best = report.miou
                             self._save_best(accelerator, method, done, report)
-                if done % rt.checkpoint_interval == 0 or done == rt.iterations:
-                    last_ckpt = self._save(
-                        accelerator, model, optimizer, scheduler, method, done, best
+                if done < rt.iterations and stop.requested(accelerator):
+                    if not save_now:
+                        last_ckpt = self._save(
+                            accelerator, model, optimizer, scheduler, method, done, best
+                        )
+                        self.last_checkpoint = last_ckpt
+                    raise Stopped(
+                        f"stopped by {signal.Signals(stop.signal).name} after iteration "
+                        f"{done}/{rt.iterations}; checkpoint {last_ckpt}",
+                        PREEMPTED_EXIT,
                     )
         finally:
+            stop.restore()
             progress.close()
         accelerator.end_training()
         if is_main and report is not None:
             out.print(report.table(f"Target val, iteration {rt.iterations}"))
             out.print(f"target mIoU {100 * report.miou:.2f}  (run folder {self.run_dir})")
         return TrainResult(self.run_dir, rt.iterations, last_ckpt, report)
+
+    def _apply_new_lr(self, optimizer, scheduler, saved: dict[str, Any]) -> None:
+        """A resume with another ``optim.lr``: every group's base rate scaled by new/saved,
+        so the schedule (warm-up, decay over ``runtime.iterations``) continues from it."""
+        saved_lr = float((saved.get("optim") or {}).get("lr", self.optim.lr))
+        scale = self.optim.lr / saved_lr
+        if scale == 1:
+            return
+        scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["initial_lr"] *= scale
+            group["lr"] *= scale
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def _saved_best(self) -> float:
+        """The mIoU of the run's best.pt: an evaluation after the last checkpoint may have
+        improved on the best that checkpoint records."""
+        path = self.run_dir / CHECKPOINT_DIR / "best.pt"
+        if not path.is_file():
+            return -math.inf
+        metrics = read_weights_only(path).get("metrics") or {}
+        return float(metrics.get("mIoU", -math.inf))
 
     def _palette(self) -> np.ndarray:
         if self.palette is not None:

@@ -8,8 +8,8 @@ import torch
 def class_mix_masks(labels: torch.Tensor, ignore_index: int = 255, generator=None) -> torch.Tensor:
     """B x H x W bool masks: per sample, a random half (rounded up) of its labelled classes.
 
-    The DACS reference draws from the classes of the whole batch, ignore value included;
-    here each mask is drawn from its own image's classes, the ignore value excluded.
+    Ours: each mask is drawn from its own image's classes, the ignore value excluded; the
+    reference's draw is ``batch_class_mix_masks``.
     """
     masks = torch.zeros_like(labels, dtype=torch.bool)
     for i, label in enumerate(labels):
@@ -20,6 +20,18 @@ def class_mix_masks(labels: torch.Tensor, ignore_index: int = 255, generator=Non
         chosen = torch.randperm(len(classes), generator=generator)[: (len(classes) + 1) // 2]
         masks[i] = torch.isin(label, classes[chosen.to(classes.device)])
     return masks
+
+
+def batch_class_mix_masks(labels: torch.Tensor, generator=None) -> torch.Tensor:
+    """B x H x W bool masks as the reference draws them (MIC 2f932a9
+    ``seg/mmseg/models/utils/dacs_transforms.py:90-106``): the classes of the whole label batch
+    (``torch.unique``, the ignore value included), half of them rounded up drawn for each image."""
+    classes = torch.unique(labels)
+    masks = []
+    for label in labels:
+        chosen = torch.randperm(len(classes), generator=generator)[: (len(classes) + 1) // 2]
+        masks.append(torch.isin(label, classes[chosen.to(classes.device)]))
+    return torch.stack(masks)
 
 
 def mix(mask: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,15 +11,21 @@ _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.I
 _POSITION_KEYS = ("pos_embed", "pos_block", "position")
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
+def _no_decay_names(model: nn.Module, encoder_only: bool) -> set[str]:
     names = set()
     for module_name, module in model.named_modules():
+        if encoder_only and not module_name.startswith("encoder."):
+            continue
         if isinstance(module, _NORM_TYPES):
             names.update(
                 f"{module_name}.{p}" if module_name else p
                 for p, _ in module.named_parameters(recurse=False)
             )
-    names.update(n for n, _ in model.named_parameters() if any(k in n for k in _POSITION_KEYS))
+    names.update(
+        n
+        for n, _ in model.named_parameters()
+        if any(k in n for k in _POSITION_KEYS) and (n.startswith("encoder.") or not encoder_only)
+    )
     return names
 
 
@@ -27,9 +33,17 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Groups by (encoder or decoder) x (decay or not).
 
     Parameters under ``model.encoder`` train at the base rate; every other parameter belongs to
-    a head and trains at ``lr * decoder_lr_mult``.
+    a head and trains at ``lr * decoder_lr_mult``. Norm layers and position embeddings get no
+    weight decay (``no_decay_norm_and_pos``), in the encoder only (``no_decay_scope: encoder``,
+    the reference's ``custom_keys`` head / pos_block / norm, where the longer key ``pos_block``
+    wins, then ``head`` over ``norm`` in alphabetical order: mmcv 1.3
+    ``DefaultOptimizerConstructor.add_params``) or everywhere (``all``).
     """
-    no_decay = _no_decay_names(model) if cfg.no_decay_norm_and_pos else set()
+    no_decay = (
+        _no_decay_names(model, encoder_only=cfg.no_decay_scope == "encoder")
+        if cfg.no_decay_norm_and_pos
+        else set()
+    )
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

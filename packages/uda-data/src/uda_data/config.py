@@ -14,6 +14,7 @@ from uda_data.depth import DepthEncoding
 from uda_data.layouts import LAYOUTS, LayoutName
 from uda_data.rcs import Progress, RareClassSampler, class_stats_path, load_or_compute
 from uda_data.synthetic import SynthSpec, ensure_synthetic
+from uda_data.transforms import ResizeMode
 
 SYNTHETIC_PREFIX = "@synthetic/"
 Pixels = Annotated[int, Field(gt=0)]
@@ -103,6 +104,13 @@ class DataConfig(_Section):
     val_resize: tuple[Pixels, Pixels] | None = Field(
         None, description="Resize val images for inference."
     )
+    resize_mode: ResizeMode = Field(
+        "keep_ratio",
+        description="How the source, target and val resizes read their (width, height):"
+        " keep_ratio (published, mmcv Resize(keep_ratio=True)): as large as fits it, aspect ratio"
+        " kept (GTA 1914x1052 -> 1280x704 for 1280x720); stretch (ours): exactly that size."
+        " Both resize with OpenCV (bilinear, labels nearest) as the reference.",
+    )
     crop: tuple[Pixels, Pixels] = Field((512, 512), description="Training crop (width, height).")
     cat_max_ratio: float = Field(
         0.75, gt=0, le=1, description="Max share of one class in a source crop."
@@ -174,15 +182,23 @@ def source_sampler(
 
 
 def source_pipeline(data: DataConfig) -> TrainPipeline:
-    return TrainPipeline(data.crop, data.source_resize, data.cat_max_ratio, data.flip_prob)
+    return TrainPipeline(
+        data.crop,
+        data.source_resize,
+        data.cat_max_ratio,
+        data.flip_prob,
+        resize_mode=data.resize_mode,
+    )
 
 
 def target_pipeline(data: DataConfig, margins: bool = False) -> TrainPipeline:
     """The target's transforms; with ``margins``, a ``valid`` map of ``data.pseudo_margins``."""
     valid = data.pseudo_margins if margins else None
-    return TrainPipeline(data.crop, data.target_resize, 1.0, data.flip_prob, valid)
+    return TrainPipeline(
+        data.crop, data.target_resize, 1.0, data.flip_prob, valid, data.resize_mode
+    )
 
 
 def val_set(data: DataConfig, progress=None) -> EvalSet:
     folder = open_folder(data, data.val, with_labels=True, with_depth=False, progress=progress)
-    return EvalSet(folder, data.val_resize)
+    return EvalSet(folder, data.val_resize, data.resize_mode)

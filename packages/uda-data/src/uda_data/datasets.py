@@ -22,7 +22,17 @@ from uda_data.depth import DepthEncoding
 from uda_data.errors import DataError
 from uda_data.files import read_depth, read_image, read_label
 from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Folders, Layout
-from uda_data.transforms import Sample, Size, pad, random_crop, random_flip, resize, to_tensors
+from uda_data.transforms import (
+    ResizeMode,
+    Sample,
+    Size,
+    normalize,
+    pad,
+    random_crop,
+    random_flip,
+    resize_to_scale,
+    to_tensors,
+)
 
 if TYPE_CHECKING:
     from uda_data.rcs import RareClassSampler
@@ -174,7 +184,10 @@ def cityscapes_folder(root: Path, split: str, **options) -> SegmentationFolder:
     return open_layout(CITYSCAPES, root, split, **options)
 
 
-RCS_CROP_TRIES = 10
+RCS_REDRAWS = 10
+"""Rare class sampling re-runs the pipeline of the drawn image up to 10 times while its crop
+holds too few pixels of the class: 11 crops at most, the last kept unchecked
+(MIC ``uda_dataset.py:123-138``)."""
 
 
 def margin_mask(size: Size, margins: tuple[int, int, int, int]) -> np.ndarray:
@@ -188,12 +201,13 @@ def margin_mask(size: Size, margins: tuple[int, int, int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainPipeline:
-    """Resize, random crop, flip, pad, normalise: the training transforms of one domain.
+    """Resize, random crop, flip, normalise, pad: the training transforms of one domain, in
+    the reference's order (``Normalize`` before ``Pad``, so padded pixels are the mean colour).
 
-    With a ``rare_class`` (rare class sampling) and ``min_class_pixels > 0``, the crop is
-    drawn again, up to ``RCS_CROP_TRIES`` times in all, until it holds more than
-    ``min_class_pixels`` pixels of that class (counted after the resize); the last crop is kept
-    if none does. Each try is a full ``cat_max_ratio`` crop, as DAFormer re-runs its pipeline.
+    With a ``rare_class`` (rare class sampling) and ``min_class_pixels > 0``, the crop and flip
+    are drawn again, up to ``RCS_REDRAWS`` times, until the crop holds more than
+    ``min_class_pixels`` pixels of that class (counted after the resize); the last draw is kept
+    unchecked. Each draw is a full ``cat_max_ratio`` crop, as DAFormer re-runs its pipeline.
     """
 
     crop: Size
@@ -202,7 +216,14 @@ class TrainPipeline:
     flip_prob: float = 0.5
     valid_margins: tuple[int, int, int, int] | None = None
     """(top, bottom, left, right): adds a ``valid`` map, 0 on these borders of the resized
-    image and 1 inside, that crops, flips and pads with the image (HRDA's pseudo-label margins)."""
+    image and 1 inside, that crops and flips with the image and is padded with 255, as the
+    reference pads its ``valid_pseudo_mask`` (HRDA's pseudo-label margins)."""
+    resize_mode: ResizeMode = "keep_ratio"
+    """How ``resize`` is read (``uda_data.transforms.ResizeMode``)."""
+
+    def _crop_and_flip(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        cropped = random_crop(sample, self.crop, rng, self.cat_max_ratio)
+        return random_flip(cropped, rng, self.flip_prob)
 
     def __call__(
         self,
@@ -212,17 +233,17 @@ class TrainPipeline:
         min_class_pixels: int = 0,
     ) -> dict[str, torch.Tensor]:
         if self.resize is not None:
-            sample = resize(sample, self.resize)
+            sample = resize_to_scale(sample, self.resize, self.resize_mode)
         if self.valid_margins is not None:
             valid = margin_mask(sample.size, self.valid_margins)
             sample = Sample(sample.image, {**sample.dense, "valid": valid}, sample.name)
-        focus = rare_class is not None and min_class_pixels > 0
-        for _ in range(RCS_CROP_TRIES if focus else 1):
-            cropped = random_crop(sample, self.crop, rng, self.cat_max_ratio)
-            if not focus or (cropped.dense["label"] == rare_class).sum() > min_class_pixels:
-                break
-        sample = random_flip(cropped, rng, self.flip_prob)
-        return to_tensors(pad(sample, self.crop))
+        out = self._crop_and_flip(sample, rng)
+        if rare_class is not None and min_class_pixels > 0:
+            for _ in range(RCS_REDRAWS):
+                if (out.dense["label"] == rare_class).sum() > min_class_pixels:
+                    break
+                out = self._crop_and_flip(sample, rng)
+        return to_tensors(pad(normalize(out), self.crop))
 
 
 class UDATrainSet(torch.utils.data.Dataset):
@@ -272,11 +293,19 @@ class UDATrainSet(torch.utils.data.Dataset):
 
 
 class EvalSet(torch.utils.data.Dataset):
-    """Images resized for the network; labels at their original resolution, as scored."""
+    """Images resized for the network as ``resize_mode`` says (the reference's test pipeline:
+    ``Resize(keep_ratio=True)`` with OpenCV on the 8-bit image, then ``Normalize``); labels at
+    their original resolution, as scored."""
 
-    def __init__(self, folder: SegmentationFolder, resize_to: Size | None = None) -> None:
+    def __init__(
+        self,
+        folder: SegmentationFolder,
+        resize_to: Size | None = None,
+        resize_mode: ResizeMode = "keep_ratio",
+    ) -> None:
         self.folder = folder
         self.resize_to = resize_to
+        self.resize_mode = resize_mode
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -285,7 +314,7 @@ class EvalSet(torch.utils.data.Dataset):
         sample = self.folder.load(index)
         label = sample.dense.pop("label")
         if self.resize_to is not None:
-            sample = resize(sample, self.resize_to)
+            sample = resize_to_scale(sample, self.resize_to, self.resize_mode)
         out = to_tensors(sample)
         out["label"] = torch.from_numpy(label.astype(np.int64))
         out["name"] = sample.name

@@ -5,7 +5,9 @@ val, ...) and ``{condition}`` for a weather or time-of-day folder (ACDC, Dark Zu
 such a folder the images sit directly or, for Cityscapes, ACDC and Dark Zurich, in one folder
 per city or sequence; a label or depth map has the path of its image under the label or depth
 folder, with the layout's suffix. Depth maps mirror the image tree under ``depth/`` and end in
-``.png`` or, for float depth, ``.npy``.
+``.png`` or, for float depth, ``.npy``; Cityscapes depth maps are named as the published
+dispersion code reads them, ``depth/SPLIT/CITY/NAME_depth.png`` (``cityscapes.py:41`` there),
+and also found under the image's own name (``NAME_leftImg8bit.png``).
 
 - ``gta``: ``images/NAME.png``; labels ``labels/NAME.png`` in Cityscapes label ids.
 - ``synthia`` (RAND-CITYSCAPES): ``RGB/NAME.png``; labels ``GT/LABELS/NAME.png``, 16-bit PNGs
@@ -113,8 +115,16 @@ class Folders:
         return self.images / folder / f"{base}{self._image_ending}"
 
     def depth_of(self, image: Path, encoding: DepthEncoding) -> Path:
-        folder, _ = self._relative(image)
-        return self.depth / folder / f"{image.stem}{'.npy' if encoding == 'float_npy' else '.png'}"
+        """The depth map of an image: the published name (``depth_suffix``) where the layout
+        has one, unless only a map named after the image (``NAME_leftImg8bit.png``, as the
+        embedded domains write it) exists; else the image's name with the depth extension."""
+        folder, base = self._relative(image)
+        ext = ".npy" if encoding == "float_npy" else ".png"
+        by_image = self.depth / folder / f"{image.stem}{ext}"
+        if self.layout.depth_suffix is None:
+            return by_image
+        published = self.depth / folder / f"{base}{self.layout.depth_suffix}{ext}"
+        return by_image if by_image.is_file() and not published.is_file() else published
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,9 @@ class Layout:
     train_id_suffix: str = "_labelTrainIds"
     ships_train_ids: bool = False
     """The release has trainId labels: they are used as they are, never rewritten."""
+    depth_suffix: str | None = None
+    """How a depth map ends (before ``.png``) where the published dispersion code names it in
+    place of the image suffix (Cityscapes: ``NAME_depth.png``); None: the image's own name."""
     nested: bool = False
     """Under a split folder, the images sit in one folder per city or sequence."""
     conditions: tuple[str, ...] = ()
@@ -256,6 +269,7 @@ CITYSCAPES = Layout(
     image_suffix="_leftImg8bit",
     id_suffix="_gtFine_labelIds",
     train_id_suffix="_gtFine_labelTrainIds",
+    depth_suffix="_depth",
     nested=True,
 )
 ACDC = Layout(

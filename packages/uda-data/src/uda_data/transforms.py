@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from uda_data.classes import IGNORE_INDEX
 
@@ -20,6 +20,11 @@ Size = tuple[int, int]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+ResizeMode = Literal["keep_ratio", "stretch"]
+"""``keep_ratio``: as large as fits the scale, aspect ratio kept (the reference's
+``Resize(keep_ratio=True)``); ``stretch``: exactly the scale's width and height (ours)."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,18 @@ class DenseKind:
 DENSE_KINDS: dict[str, DenseKind] = {
     "label": DenseKind("nearest", IGNORE_INDEX),
     "depth": DenseKind("bilinear", 0.0),
-    "valid": DenseKind("nearest", 0),
+    "valid": DenseKind("nearest", IGNORE_INDEX),
 }
+"""The reference pads every segmentation field (label, valid pseudo-label mask) with 255
+(``Pad(seg_pad_val=255)``, MIC ``transforms.py:301-369``) and depth with 0 (dispersion
+``transforms.py:369-375``)."""
+
+_CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR}
 
 
 @dataclass
 class Sample:
-    """An H x W x 3 uint8 image and dense maps of the same H x W, by name."""
+    """An H x W x 3 image (uint8, float32 once normalised) and dense maps of the same H x W."""
 
     image: np.ndarray
     dense: dict[str, np.ndarray] = field(default_factory=dict)
@@ -50,23 +60,47 @@ class Sample:
         return self.image.shape[1], self.image.shape[0]
 
 
-def _resize_map(values: np.ndarray, size: Size, kind: DenseKind) -> np.ndarray:
-    mode = Image.NEAREST if kind.interpolation == "nearest" else Image.BILINEAR
-    if values.dtype == np.uint8:
-        return np.array(Image.fromarray(values).resize(size, mode))
-    resized = Image.fromarray(values.astype(np.float32)).resize(size, mode)
-    return np.asarray(resized).astype(values.dtype)
+def rescale_size(size: Size, scale: Size) -> Size:
+    """The size of an image of ``size`` rescaled as large as fits ``scale``, aspect ratio kept,
+    as mmcv's ``rescale_size`` computes it (mmcv 1.3.7 ``image/geometric.py:117-146``): factor
+    min(long scale side / long side, short / short), each side ``int(side * factor + 0.5)``."""
+    factor = min(max(scale) / max(size), min(scale) / min(size))
+    return int(size[0] * factor + 0.5), int(size[1] * factor + 0.5)
+
+
+def resize_size(size: Size, scale: Size, mode: ResizeMode = "keep_ratio") -> Size:
+    """The size a resize to ``scale`` gives an image of ``size`` in that mode."""
+    return rescale_size(size, scale) if mode == "keep_ratio" else tuple(scale)
+
+
+def _resize_map(values: np.ndarray, size: Size, interpolation: str) -> np.ndarray:
+    """``cv2.resize`` as mmcv's ``imresize`` calls it: bilinear without antialiasing, nearest
+    sampling source pixel floor(i * source / target); uint8 stays uint8, others float32."""
+    dtype = values.dtype
+    if dtype != np.uint8:
+        values = values.astype(np.float32)
+    out = cv2.resize(values, tuple(size), interpolation=_CV2_INTERPOLATION[interpolation])
+    return out if dtype == np.uint8 else out.astype(dtype, copy=False)
 
 
 def resize(sample: Sample, size: Size, dense: bool = True) -> Sample:
-    """Resize the image bilinearly and, if ``dense``, each map by its own rule."""
-    if sample.size == tuple(size):
+    """Resize to exactly ``size``: the image bilinearly and, if ``dense``, each map by its own
+    rule (labels nearest, depth bilinear), all with OpenCV as the reference does."""
+    size = tuple(size)
+    if sample.size == size:
         return sample
-    image = np.array(Image.fromarray(sample.image).resize(tuple(size), Image.BILINEAR))
+    image = _resize_map(sample.image, size, "bilinear")
     maps = dict(sample.dense)
     if dense:
-        maps = {k: _resize_map(v, tuple(size), DENSE_KINDS[k]) for k, v in maps.items()}
+        maps = {k: _resize_map(v, size, DENSE_KINDS[k].interpolation) for k, v in maps.items()}
     return Sample(image, maps, sample.name)
+
+
+def resize_to_scale(
+    sample: Sample, scale: Size, mode: ResizeMode = "keep_ratio", dense: bool = True
+) -> Sample:
+    """Resize to ``scale`` as ``mode`` says (see ``ResizeMode``)."""
+    return resize(sample, resize_size(sample.size, scale, mode), dense)
 
 
 def crop(sample: Sample, left: int, top: int, size: Size) -> Sample:
@@ -78,23 +112,38 @@ def crop(sample: Sample, left: int, top: int, size: Size) -> Sample:
     )
 
 
+CAT_MAX_REDRAWS = 10
+"""``RandomCrop`` with ``cat_max_ratio < 1`` draws a box, then re-draws it up to 10 times
+while one class covers too much of it: 11 draws, the last kept unchecked."""
+
+
+def _balanced(label: np.ndarray, cat_max_ratio: float) -> bool:
+    counts = np.bincount(label.ravel(), minlength=256)[:IGNORE_INDEX]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
 def random_crop(
     sample: Sample, size: Size, rng: np.random.Generator, cat_max_ratio: float = 1.0
 ) -> Sample:
-    """A random crop of ``size`` (clipped to the image); with ``cat_max_ratio < 1``, up to ten
-    draws to find one where no single class covers more than that share of labelled pixels."""
+    """A random crop of ``size`` (clipped to the image), as mmseg's ``RandomCrop``
+    (MIC ``transforms.py:505-575``): the top offset drawn, then the left, each uniformly in
+    0..margin; with ``cat_max_ratio < 1`` and a label, re-drawn (``CAT_MAX_REDRAWS``) until
+    more than one class is labelled and none covers ``cat_max_ratio`` of the labelled pixels."""
     w = min(size[0], sample.size[0])
     h = min(size[1], sample.size[1])
-    for _ in range(10 if cat_max_ratio < 1.0 else 1):
-        left = int(rng.integers(0, sample.size[0] - w + 1))
+
+    def draw() -> Sample:
         top = int(rng.integers(0, sample.size[1] - h + 1))
-        out = crop(sample, left, top, (w, h))
-        if cat_max_ratio >= 1.0 or "label" not in out.dense:
-            return out
-        counts = np.bincount(out.dense["label"].ravel(), minlength=256)[:IGNORE_INDEX]
-        counts = counts[counts > 0]
-        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
-            return out
+        left = int(rng.integers(0, sample.size[0] - w + 1))
+        return crop(sample, left, top, (w, h))
+
+    out = draw()
+    if cat_max_ratio < 1.0 and "label" in sample.dense:
+        for _ in range(CAT_MAX_REDRAWS):
+            if _balanced(out.dense["label"], cat_max_ratio):
+                break
+            out = draw()
     return out
 
 
@@ -108,8 +157,20 @@ def random_flip(sample: Sample, rng: np.random.Generator, prob: float = 0.5) -> 
     )
 
 
+def normalize(sample: Sample) -> Sample:
+    """The image as float32 (x - mean) / std, as mmcv's ``imnormalize`` computes it
+    (mmcv 1.3.7 ``image/photometric.py:24-44``, with mmseg's float32 mean and std): minus the mean,
+    times 1/std taken in float64, rounded to float32 once."""
+    mean = np.float32(IMAGENET_MEAN)
+    inverse_std = 1.0 / np.float32(IMAGENET_STD).astype(np.float64)
+    image = ((sample.image.astype(np.float32) - mean) * inverse_std).astype(np.float32)
+    return Sample(image, sample.dense, sample.name)
+
+
 def pad(sample: Sample, size: Size) -> Sample:
-    """Pad bottom and right up to ``size``: image with 0, each map with its fill value."""
+    """Pad bottom and right up to ``size``: the image with 0 and each map with its fill value.
+    After ``normalize``, as the reference pipeline pads (``Normalize`` before ``Pad``), the
+    image's 0 is the mean colour."""
     w, h = size
     pw, ph = max(w - sample.size[0], 0), max(h - sample.size[1], 0)
     if pw == 0 and ph == 0:
@@ -123,11 +184,11 @@ def pad(sample: Sample, size: Size) -> Sample:
 
 
 def to_tensors(sample: Sample) -> dict[str, torch.Tensor]:
-    """Normalised CHW float image plus the dense maps (labels as int64)."""
-    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    out = {"image": (image - mean) / std}
+    """A CHW float image (normalised here unless ``normalize`` ran) plus the dense maps
+    (labels as int64)."""
+    if sample.image.dtype == np.uint8:
+        sample = normalize(sample)
+    out = {"image": torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))}
     for key, value in sample.dense.items():
         tensor = torch.from_numpy(np.ascontiguousarray(value))
         out[key] = tensor.long() if key == "label" else tensor.float()

@@ -3,6 +3,8 @@ extension serves every torch version, and picks the CPU or CUDA kernels by devic
 
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,9 @@ WEIGHTINGS = {"uniform": 0, "area": 1, "sqrt_area": 2}
 # Label dtypes the CPU kernels read in place; others are widened to int64 first.
 _CPU_LABEL_TYPES = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4}
 _INT32_MAX = 2**31 - 1
+# Default limit on the instances of at least min_area per image: the pair step compares every
+# pair of them, so its cost grows with the square of their number (README, "Speed").
+MAX_INSTANCES = 2**16
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,17 @@ class Options:
     depth_weight: float = 1.0
     weighting: str = "uniform"
     fill: float = -1.0
+    max_instances: int | None = MAX_INSTANCES
 
     def __post_init__(self) -> None:
+        for name in ("ignore_index", "connectivity", "min_area"):
+            object.__setattr__(self, name, _integer(name, getattr(self, name)))
+        for name in ("depth_weight", "fill"):
+            object.__setattr__(self, name, _real(name, getattr(self, name)))
+        if self.max_instances is not None:
+            object.__setattr__(self, "max_instances", _integer("max_instances", self.max_instances))
+            if self.max_instances < 0:
+                raise ValueError(f"max_instances must be >= 0 or None, got {self.max_instances}")
         if not -(2**31) <= self.ignore_index < 2**31:
             raise ValueError(f"ignore_index must fit in int32, got {self.ignore_index}")
         if self.connectivity not in (4, 8):
@@ -35,8 +49,28 @@ class Options:
             raise ValueError(f"min_area must be >= 0, got {self.min_area}")
         if not (self.depth_weight >= 0 and self.depth_weight < float("inf")):
             raise ValueError(f"depth_weight must be finite and >= 0, got {self.depth_weight}")
-        if self.weighting not in WEIGHTINGS:
+        if not isinstance(self.weighting, str) or self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}")
+
+    @property
+    def instance_limit(self) -> int:
+        """max_instances as the native code takes it: -1 for no limit."""
+        return -1 if self.max_instances is None else self.max_instances
+
+
+def _integer(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
 
 
 def cuda_built() -> bool:
@@ -49,7 +83,9 @@ def run(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Dispersion map (B x 1 x H x W) of B x H x W integer labels and real depth, plus, with
     `with_instances`, the instance ids (B x 1 x H x W) and the N x 7 table. Raises ValueError
-    on negative labels (other than the ignore value) and on NaN or infinite depth."""
+    on negative labels (other than the ignore value), on NaN or infinite depth and on an image
+    with more than `options.max_instances` instances of at least min_area; on the CPU, Ctrl-C
+    raises KeyboardInterrupt within milliseconds."""
     b, h, w = labels.shape
     depth = depth.to(torch.float32).contiguous()
     out = torch.empty((b, 1, h, w), dtype=torch.float32, device=labels.device)
@@ -65,6 +101,7 @@ def run(
         options.depth_weight,
         WEIGHTINGS[options.weighting],
         options.fill,
+        options.instance_limit,
     )
     if labels.device.type == "cpu":
         if labels.dtype not in _CPU_LABEL_TYPES:

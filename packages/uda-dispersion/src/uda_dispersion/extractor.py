@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from uda_dispersion import _backend
-from uda_dispersion._backend import Options
+from uda_dispersion._backend import MAX_INSTANCES, Options
 
 Array = torch.Tensor | np.ndarray
 
@@ -45,15 +45,20 @@ def dispersion_map(
     depth_weight: float = 1.0,
     weighting: str = "uniform",
     fill: float = -1.0,
+    max_instances: int | None = MAX_INSTANCES,
 ) -> Array:
     """Float32 B x 1 x H x W map holding each instance's directional dispersion on its pixels
     and `fill` on ignored pixels, too-small instances and instances without supporters.
 
     `labels` (any integer dtype) and `depth` are H x W, B x H x W or B x 1 x H x W torch
     tensors (CPU or CUDA; the map is computed on their device, on the current stream) or
-    NumPy arrays (a NumPy map is returned).
+    NumPy arrays (a NumPy map is returned). An image with more than `max_instances` instances
+    of at least `min_area` pixels raises ValueError, since every pair of them is compared
+    (`None`: no limit; on the CPU Ctrl-C interrupts a long call).
     """
-    options = Options(ignore_index, connectivity, min_area, depth_weight, weighting, fill)
+    options = Options(
+        ignore_index, connectivity, min_area, depth_weight, weighting, fill, max_instances
+    )
     labels_t, depth_t, as_numpy = _batch(labels, depth)
     out = torch.ops.uda_dispersion.dispersion_map(
         labels_t,
@@ -61,9 +66,10 @@ def dispersion_map(
         options.ignore_index,
         options.connectivity,
         options.min_area,
-        float(options.depth_weight),
+        options.depth_weight,
         options.weighting,
-        float(options.fill),
+        options.fill,
+        options.instance_limit,
     )
     return out.numpy() if as_numpy else out
 
@@ -78,12 +84,15 @@ def instances(
     depth_weight: float = 1.0,
     weighting: str = "uniform",
     fill: float = -1.0,
+    max_instances: int | None = MAX_INSTANCES,
 ) -> Instances:
     """The instances behind `dispersion_map` (same arguments): their id map and table.
 
     On CUDA this waits for the device once, to learn how many instances there are.
     """
-    options = Options(ignore_index, connectivity, min_area, depth_weight, weighting, fill)
+    options = Options(
+        ignore_index, connectivity, min_area, depth_weight, weighting, fill, max_instances
+    )
     labels_t, depth_t, as_numpy = _batch(labels, depth)
     _, ids, rows = _backend.run(labels_t, depth_t, options, True)
     table = InstanceTable(
@@ -109,16 +118,30 @@ def _dispersion_map_op(
     depth_weight: float,
     weighting: str,
     fill: float,
+    max_instances: int,
 ) -> torch.Tensor:
-    options = Options(ignore_index, connectivity, min_area, depth_weight, weighting, fill)
+    """The map of B x H x W labels and depth; max_instances -1 for no limit."""
+    _check_op_inputs(labels, depth)
+    limit = None if max_instances == -1 else max_instances
+    options = Options(ignore_index, connectivity, min_area, depth_weight, weighting, fill, limit)
     out, _, _ = _backend.run(labels, depth, options, False)
     return out
 
 
 @_dispersion_map_op.register_fake
 def _(labels: torch.Tensor, depth: torch.Tensor, *options: object) -> torch.Tensor:
+    _check_op_inputs(labels, depth)
     b, h, w = labels.shape
     return labels.new_empty((b, 1, h, w), dtype=torch.float32)
+
+
+def _check_op_inputs(labels: torch.Tensor, depth: torch.Tensor) -> None:
+    if labels.dim() != 3 or labels.shape != depth.shape:
+        raise ValueError(
+            "uda_dispersion::dispersion_map takes B x H x W labels and depth of one shape, got "
+            f"{tuple(labels.shape)} and {tuple(depth.shape)}"
+        )
+    _check_dtypes(labels, depth)
 
 
 def _batch(labels: Array, depth: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -131,10 +154,12 @@ def _batch(labels: Array, depth: Array) -> tuple[torch.Tensor, torch.Tensor, boo
     depth = _as_tensor(depth, "depth", device)
     if labels.device != depth.device:
         raise ValueError(f"labels are on {labels.device} but depth is on {depth.device}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
-    if depth.dtype.is_complex or depth.dtype == torch.bool:
-        raise ValueError(f"depth must hold real numbers, got dtype {depth.dtype}")
+    if labels.device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"uda_dispersion computes maps of CPU or CUDA tensors, got {labels.device.type} "
+            "tensors" + (" (meta tensors hold no values)" if labels.device.type == "meta" else "")
+        )
+    _check_dtypes(labels, depth)
     labels, depth = _to_bhw(labels, "labels"), _to_bhw(depth, "depth")
     if labels.shape != depth.shape:
         raise ValueError(
@@ -145,11 +170,23 @@ def _batch(labels: Array, depth: Array) -> tuple[torch.Tensor, torch.Tensor, boo
     return labels, depth, as_numpy
 
 
+def _check_dtypes(labels: torch.Tensor, depth: torch.Tensor) -> None:
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
+    if depth.dtype.is_complex or depth.dtype == torch.bool:
+        raise ValueError(f"depth must hold real numbers, got dtype {depth.dtype}")
+
+
 def _as_tensor(x: object, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        if x.dtype.kind not in "biufc":
+            raise ValueError(f"{name} must hold numbers, got a NumPy array of dtype {x.dtype}")
+        try:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        except TypeError:
+            raise ValueError(f"{name}: NumPy dtype {x.dtype} has no torch equivalent") from None
     raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 

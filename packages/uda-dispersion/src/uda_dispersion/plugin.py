@@ -6,9 +6,11 @@ What it adds to DAFormer, HRDA or MIC (see ``uda_core.plugin`` for where each ho
   of the teacher's pseudo-labels and target depth, on the training device; the core crops,
   mixes and masks them like labels (ignore value -1);
 - the multi-task head (``DispersionHead``) on the decoder's fused features, with its losses:
-  cross-entropy of the initial segmentation (pixel-weighted like the main loss) and BerHu of
-  the initial and final dispersion, x ``loss_weight``; by default it makes the final
-  segmentation itself (``outputs["logits"]``) as the published head does;
+  cross-entropy of the initial segmentation (pixel-weighted like the main loss, averaged over
+  all pixels) and BerHu of the initial and final dispersion, x ``loss_weight``; with HRDA the
+  published presets take them from the fused output alone, whose maps are the context pass's
+  (uda-methods' ``method.hrda_plugin_losses`` and ``hrda_aux_fusion``); by default the head
+  makes the final segmentation itself (``outputs["logits"]``) as the published head does;
 - the pixel-weight hook: the frozen auxiliary network labels the target from (depth,
   dispersion) and the pseudo-labels' weights are multiplied by ``alpha`` where it agrees and
   by ``beta`` where it does not;
@@ -34,7 +36,7 @@ from torch import nn
 from uda_dispersion.auxiliary import auxiliary_labels, read_auxiliary
 from uda_dispersion.extractor import dispersion_map
 from uda_dispersion.head import DispersionHead, published_state
-from uda_dispersion.losses import DISPERSION_IGNORE, agreement_weights, head_losses
+from uda_dispersion.losses import DISPERSION_IGNORE, MeanOver, agreement_weights, head_losses
 from uda_dispersion.pretrain import PretrainSettings, pretrain
 
 
@@ -106,6 +108,18 @@ class DispersionConfig(_Section):
     loss_weight: float = Field(0.005, ge=0, description="Weight of the dispersion BerHu losses.")
     berhu_ratio: float = Field(
         0.2, gt=0, le=1, description="BerHu threshold as a share of the largest residual."
+    )
+    berhu_detach_threshold: bool = Field(
+        False,
+        description="Cut the gradient through the BerHu threshold c (ours). Published: c = "
+        "ratio x the largest residual over the batch's valid pixels, not detached, so it "
+        "passes a gradient to that pixel.",
+    )
+    seg_init_mean: MeanOver = Field(
+        "all",
+        description="Mean of the initial segmentation's cross-entropy. all: over every pixel, "
+        "ignored ones counted as 0 (mmseg's reduction='mean', published); valid: over the "
+        "non-ignored pixels (ours).",
     )
     head_width: int | None = Field(
         None,
@@ -306,6 +320,8 @@ class DispersionPlugin:
             pixel_weight,
             cfg.loss_weight,
             cfg.berhu_ratio,
+            cfg.seg_init_mean,
+            cfg.berhu_detach_threshold,
         )
 
     # state and pictures

@@ -146,7 +146,7 @@ def pretrain(
     start, loss_value = 0, float("nan")
     partial = partial_path(out)
     if partial.exists():
-        state = torch.load(partial, map_location=device, weights_only=False)
+        state = torch.load(partial, map_location=device, weights_only=True)
         if state["settings"] == settings.to_dict():
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -67,6 +67,34 @@ class MethodConfig(Section):
     )
     fd_min_ratio: float = Field(0.75, gt=0, le=1, description="Min class share of a feature cell.")
 
+    # Where ours differs from the reference on purpose: the published presets name the
+    # reference's value; the defaults keep ours, so saved run configs rerun as they ran.
+    seg_loss_mean: Literal["all", "valid"] = Field(
+        "valid",
+        description="Segmentation losses: mean over all pixels, ignored ones counted as 0 "
+        "(all, published: mmseg's reduction='mean') or over the non-ignored pixels (valid, ours).",
+    )
+    pseudo_weight_scope: Literal["batch", "image"] = Field(
+        "image",
+        description="Pseudo-label weight: the share of confident pixels over the whole target "
+        "batch (batch, published) or over each image (image, ours).",
+    )
+    classmix_classes: Literal["batch", "image"] = Field(
+        "image",
+        description="ClassMix: half of the classes of the whole source label batch, 255 "
+        "included (batch, published), or of each image's own labelled classes (image, ours).",
+    )
+    augment_gates: Literal["batch", "image"] = Field(
+        "image",
+        description="Strong augmentation: one colour-jitter gate and one blur gate per batch "
+        "(batch, published) or per image (image, ours).",
+    )
+    ema_buffers: Literal["own", "average"] = Field(
+        "average",
+        description="EMA teacher: parameters averaged, the teacher's BatchNorm statistics its "
+        "own (own, published) or averaged with the student's too (average, ours).",
+    )
+
     # HRDA (Hoyer et al., ECCV 2022) and MIC (Hoyer et al., CVPR 2023); defaults are published.
     hrda_context_scale: float = Field(
         0.5, gt=0, lt=1, description="HRDA: scale of the context branch (the whole crop)."
@@ -118,12 +146,28 @@ class MethodConfig(Section):
         "x2 without attention (context, published) or fused with the attention like the "
         "logits (fused, ours before).",
     )
+    hrda_plugin_losses: Literal["fused", "per-branch"] = Field(
+        "per-branch",
+        description="HRDA: which outputs give plugin losses. fused (published, Dispersion "
+        "dispersion_head.py:253-297): the fused output's alone, unscaled by the fused "
+        "segmentation's weight (with hrda_aux_fusion=context the context pass's maps; no "
+        "detail-scale term); per-branch (ours): every weighted branch's (fused, detail, "
+        "context), each scaled like its segmentation loss.",
+    )
     mic_base: Literal["hrda", "daformer"] = Field(
         "hrda", description="MIC: the method it extends (hrda, or daformer at one resolution)."
     )
     mic_mask_block: int = Field(64, ge=1, description="MIC: side of the square mask blocks (px).")
     mic_mask_ratio: float = Field(0.7, ge=0, lt=1, description="MIC: share of blocks masked.")
-    mic_lambda: float = Field(1.0, ge=0, description="MIC: weight of the masked-image loss.")
+    mic_lambda: float = Field(
+        1.0, ge=0, description="MIC: weight of the masked-image loss (see mic_lambda_scope)."
+    )
+    mic_lambda_scope: Literal["fused-seg", "all"] = Field(
+        "all",
+        description="MIC: mic_lambda scales the masked branch's fused segmentation loss only "
+        "(fused-seg, published: not its detail loss nor plugin losses) or every masked loss "
+        "(all, ours).",
+    )
 
     @property
     def multi_resolution(self) -> bool:

@@ -8,6 +8,7 @@ source is listed in the package README.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from uda_core.config import EvalConfig, OptimConfig, RuntimeConfig, ScheduleConfig, merge
@@ -84,11 +85,32 @@ PUBLISHED_HRDA: dict[str, Any] = {
     "hrda_fusion": "weight-then-upsample",
     "hrda_aux_fusion": "context",
     "hrda_detail_last_offset": False,
+    "hrda_plugin_losses": "fused",
 }
 """HRDA as published where ours differs: attention masked and context weighted at the
-context's resolution, then both upsampled; plugin outputs from the context pass; detail crops
-drawn as ``get_crop_bbox`` draws them. Named in every published preset (DAFormer's too, for
+context's resolution, then both upsampled; plugin outputs from the context pass and their
+losses taken once, unscaled, from the fused output; detail crops drawn as ``get_crop_bbox``
+draws them. Named in every published preset (DAFormer's too, for
 runs that switch the method to hrda or mic)."""
+
+
+PUBLISHED_SELF_TRAINING: dict[str, Any] = {
+    "seg_loss_mean": "all",
+    "pseudo_weight_scope": "batch",
+    "classmix_classes": "batch",
+    "augment_gates": "batch",
+    "ema_buffers": "own",
+    "mic_lambda_scope": "fused-seg",
+}
+"""DACS/DAFormer/MIC's self-training as published where ours differs: losses averaged over
+every pixel, one pseudo-label weight per batch, ClassMix from the batch's classes, one
+augmentation gate per batch, the teacher's own BatchNorm statistics, mic_lambda on the fused
+segmentation loss only (README table)."""
+
+PUBLISHED_OPTIM = OptimConfig(
+    lr=6e-5, decoder_lr_mult=10.0, weight_decay=0.01, betas=(0.9, 0.999), no_decay_scope="encoder"
+)
+"""AdamW as published: decoder lr x10 and weight decay on every decoder parameter."""
 
 
 def daformer() -> RunConfig:
@@ -101,6 +123,7 @@ def daformer() -> RunConfig:
             source_resize=(1280, 720),
             target_resize=(1024, 512),
             val_resize=(1024, 512),
+            resize_mode="keep_ratio",
             crop=(512, 512),
             cat_max_ratio=0.75,
             flip_prob=0.5,
@@ -121,8 +144,9 @@ def daformer() -> RunConfig:
             fd_lambda=0.005,
             fd_min_ratio=0.75,
             **PUBLISHED_HRDA,
+            **PUBLISHED_SELF_TRAINING,
         ),
-        optim=OptimConfig(lr=6e-5, decoder_lr_mult=10.0, weight_decay=0.01, betas=(0.9, 0.999)),
+        optim=PUBLISHED_OPTIM.model_copy(),
         schedule=ScheduleConfig(warmup_iters=1500, warmup_ratio=1e-6, power=1.0),
         runtime=RuntimeConfig(
             iterations=40000, eval_interval=4000, checkpoint_interval=4000, seed=0
@@ -141,6 +165,7 @@ def hrda() -> RunConfig:
             source_resize=(2560, 1440),
             target_resize=(2048, 1024),
             val_resize=(2048, 1024),
+            resize_mode="keep_ratio",
             crop=(1024, 1024),
             cat_max_ratio=0.75,
             flip_prob=0.5,
@@ -171,8 +196,9 @@ def hrda() -> RunConfig:
             hrda_slide_stride=(256, 256),
             hrda_batched_slide=True,
             **PUBLISHED_HRDA,
+            **PUBLISHED_SELF_TRAINING,
         ),
-        optim=OptimConfig(lr=6e-5, decoder_lr_mult=10.0, weight_decay=0.01, betas=(0.9, 0.999)),
+        optim=PUBLISHED_OPTIM.model_copy(),
         schedule=ScheduleConfig(warmup_iters=1500, warmup_ratio=1e-6, power=1.0),
         runtime=RuntimeConfig(
             iterations=40000, eval_interval=4000, checkpoint_interval=4000, seed=0
@@ -253,7 +279,10 @@ def _quick_dispersion() -> dict[str, Any]:
     head of a third of the decoder's width whose dilations suit the quick feature maps: they
     are 16x32, where the published 18 and 24 (chosen for 128x128 maps) would read only
     padding above and below every pixel. The head sums all its classifier branches and
-    hands its refined features to the decoder's own classifier."""
+    hands its refined features to the decoder's own classifier. Its losses are ours too: the
+    initial segmentation's cross-entropy over the non-ignored pixels like uda-methods'
+    default ``seg_loss_mean``, BerHu's threshold detached and, with HRDA, every branch's
+    head losses weighted like its segmentation (uda-methods' default)."""
     auxiliary = {
         "architecture": "timm",
         "backbone": "resnet10t",
@@ -270,55 +299,81 @@ def _quick_dispersion() -> dict[str, Any]:
         "classifier_branches": "all",
         "final_segmentation": "host",
         "head_init": "pytorch",
+        "seg_init_mean": "valid",
+        "berhu_detach_threshold": True,
     }
     return {"plugins": {"dispersion": {**head, "auxiliary": auxiliary}}}
 
 
-def _published_dispersion() -> dict[str, Any]:
-    """The dispersion runs' own settings over the method's: 60k iterations (the published
-    dispersion configs), beta 0.6 for GTA, the published head and auxiliary network named
-    explicitly (``DispDAFormerHead``, ``AuxiliaryResNet50`` with training-mode BatchNorm), the
-    decoder's fusion initialised N(0, 0.01) like the head, which holds it in the reference
-    (``decoder_init="normal"``), and DDP's unused-parameter search that the published configs
-    switch on (``find_unused_parameters = True``): the published classifiers' last two
-    branches and the decoder's own classifier get no gradient."""
+def _published_dispersion(seed: int, source_resize: tuple[int, int], beta: float) -> dict[str, Any]:
+    """The settings of a published dispersion config (Dispersion ``configs/dispersion/``)
+    over the method's preset: its ``seed``, its source ``Resize`` scale (kept ratio, as the
+    host preset resizes), its ``beta``, and what the six configs share: 60k iterations, one
+    checkpoint at the end (``checkpoint_config`` interval 60000), evaluation every 4000, the
+    published head and auxiliary network named explicitly (``DispDAFormerHead``,
+    ``AuxiliaryResNet50`` with training-mode BatchNorm) and their losses (the initial
+    segmentation's cross-entropy averaged over all pixels, BerHu's threshold not detached,
+    with HRDA the head's losses from the fused output alone, which holds the context pass's
+    maps), the decoder's fusion initialised N(0, 0.01) like the head, which holds it in the
+    reference (``decoder_init="normal"``), and DDP's unused-parameter search that the
+    published configs switch on (``find_unused_parameters = True``): the published
+    classifiers' last two branches and the decoder's own classifier get no gradient.
+
+    The published auxiliary networks (``pretrained/gta_auxiliary.pth``,
+    ``synthia_auxiliary.pth``) are not downloadable; given as
+    ``plugins.dispersion.auxiliary.checkpoint`` they are used as they are, else one is
+    pre-trained on the source."""
     head = {
         "head_width": None,
         "dilations": [6, 12, 18, 24],
         "classifier_branches": "first_two",
         "final_segmentation": "head",
         "head_init": "normal",
+        "seg_init_mean": "all",
+        "berhu_detach_threshold": False,
     }
     auxiliary = {"architecture": "published", "batchnorm": "batch", "input_size": [512, 512]}
+    runtime = {
+        "iterations": 60000,
+        "checkpoint_interval": 60000,
+        "eval_interval": 4000,
+        "seed": seed,
+        "find_unused_parameters": True,
+    }
     return {
+        "data": {"source_resize": list(source_resize)},
         "model": {"decoder_init": "normal"},
-        "runtime": {"iterations": 60000, "find_unused_parameters": True},
-        "plugins": {"dispersion": {**head, "beta": 0.6, "auxiliary": auxiliary}},
+        "method": {"hrda_plugin_losses": "fused"},
+        "runtime": runtime,
+        "plugins": {"dispersion": {**head, "beta": beta, "auxiliary": auxiliary}},
     }
 
 
-def _published_dispersion_daformer() -> dict[str, Any]:
-    """As ``_published_dispersion``; the dispersion repo also resizes GTA to 1024x512."""
-    return merge(_published_dispersion(), {"data": {"source_resize": [1024, 512]}})
-
-
-def _published_dispersion_synthia() -> dict[str, Any]:
-    """As ``_published_dispersion`` with Synthia's beta, 0.3."""
-    return merge(_published_dispersion(), {"plugins": {"dispersion": {"beta": 0.3}}})
-
+_DISPERSION_RUNS: dict[str, tuple[int, tuple[int, int], float]] = {
+    "gta2cs-daformer": (0, (1024, 512), 0.6),
+    "gta2cs-hrda": (1, (2048, 1024), 0.6),
+    "gta2cs-mic": (2, (2048, 1024), 0.6),
+    "synthia2cs-daformer": (0, (1280, 760), 0.3),
+    "synthia2cs-hrda": (1, (2560, 1520), 0.3),
+    "synthia2cs-mic": (2, (2560, 1520), 0.3),
+}
+"""(seed, source resize, beta) of each published dispersion config: ``gta2cs_daformer_``,
+``gtaHR2csHR_hrda_``, ``gtaHR2csHR_mic_``, ``synthia2cs_daformer_``, ``synthiaHR2csHR_hrda_``
+and ``synthiaHR2csHR_mic_dispersion.py`` (``seed``, ``beta_disagreement_multiplier``) and
+their datasets' ``Resize(img_scale=...)`` (``configs/_base_/datasets/*_disp_*.py:19``)."""
+_DISPERSION_RUNS |= {
+    "daformer": _DISPERSION_RUNS["gta2cs-daformer"],
+    "hrda": _DISPERSION_RUNS["gta2cs-hrda"],
+    "mic": _DISPERSION_RUNS["gta2cs-mic"],
+}
 
 PLUGIN_PROFILES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ("quick", "dispersion"): _quick_dispersion,
     ("quick-mit", "dispersion"): _quick_dispersion,
-    ("gta2cs-daformer", "dispersion"): _published_dispersion_daformer,
-    ("gta2cs-hrda", "dispersion"): _published_dispersion,
-    ("gta2cs-mic", "dispersion"): _published_dispersion,
-    ("synthia2cs-daformer", "dispersion"): _published_dispersion_synthia,
-    ("synthia2cs-hrda", "dispersion"): _published_dispersion_synthia,
-    ("synthia2cs-mic", "dispersion"): _published_dispersion_synthia,
-    ("daformer", "dispersion"): _published_dispersion_daformer,
-    ("hrda", "dispersion"): _published_dispersion,
-    ("mic", "dispersion"): _published_dispersion,
+    **{
+        (name, "dispersion"): partial(_published_dispersion, *run)
+        for name, run in _DISPERSION_RUNS.items()
+    },
 }
 """Settings a preset takes when a plugin is enabled, applied over the preset and under the
 user's config file, flags and overrides."""

@@ -19,8 +19,8 @@ dataset from the config text in ``meta`` when the file has one.
 
 ``load_segmentation_model`` builds our network for such a file, with the family's published
 settings (``published_run_config``) unless told otherwise, and loads its weights. Files are
-read with ``torch.load(weights_only=True)``: tensors and plain containers only, so reading a
-file never runs code from it.
+read by ``uda_core.checkpoint.read_weights_only`` (``torch.load(weights_only=True)``):
+tensors and plain containers only, so reading a file never runs code from it.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from uda_core.checkpoint import read_weights_only
 from uda_core.config import merge
 from uda_core.engine import load_model_weights
 from uda_core.errors import UdaError
@@ -144,47 +144,6 @@ class CheckpointFile:
         return self.prefixes.get(AUXILIARY_PREFIX, 0) > 0
 
 
-def _numpy_globals() -> list[Any]:
-    """numpy arrays, scalars and dtypes (data, no code) under the names numpy 2 and numpy 1
-    pickle them with: our checkpoints' ``rng`` holds numpy's random state, and a reference
-    ``meta`` may hold numpy numbers."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1
-        from numpy.core import multiarray
-    named = [
-        (getattr(multiarray, name), f"{module}.multiarray.{name}")
-        for name in ("_reconstruct", "scalar")
-        for module in ("numpy._core", "numpy.core")
-    ]
-    dtypes = [type(np.dtype(t)) for t in ("u1", "i4", "i8", "u4", "u8", "f4", "f8", "?")]
-    return [*named, np.ndarray, np.dtype, *dtypes]
-
-
-def load_file(path: Path) -> Any:
-    """A file's content, weights only (tensors, numbers, strings, containers, numpy's random
-    state); every way of failing is one line."""
-    if not path.is_file():
-        raise UdaError(f"checkpoint {path} does not exist; check the path")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        text = str(exc)
-        if "Unsupported global" in text or "Can only build Tensor" in text:
-            raise UdaError(
-                f"checkpoint {path} holds objects other than tensors and plain containers; uda "
-                "reads weights-only files (torch.load weights_only=True) so that reading runs "
-                "no code from them"
-            ) from None
-        detail = text.rpartition("WeightsUnpickler error:")[2].strip() or text.strip()
-        detail = detail.splitlines()[0][:100] if detail else ""
-        raise UdaError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}"
-            f"{': ' + detail if detail else ''}); is it a complete checkpoint file?"
-        ) from None
-
-
 def _flat_tensors(value: Any) -> bool:
     return isinstance(value, Mapping) and all(isinstance(v, torch.Tensor) for v in value.values())
 
@@ -199,7 +158,7 @@ def read_checkpoint_file(path: Path | str, copy: Copy = "student") -> Checkpoint
     path = Path(path)
     if copy not in COPIES:
         raise UdaError(f"unknown copy {copy!r}; one of {', '.join(COPIES)}")
-    content = load_file(path)
+    content = read_weights_only(path)
     if not isinstance(content, Mapping) or not content:
         raise UdaError(
             f"checkpoint {path} is not a checkpoint: expected a dict of weights, got "

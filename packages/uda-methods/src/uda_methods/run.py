@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,16 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from uda_core.checkpoint import find_latest, load_checkpoint
+from uda_core.checkpoint import RunLock, find_latest, load_checkpoint
 from uda_core.config import apply_overrides, load_config_file, merge, validate
-from uda_core.engine import Trainer, TrainResult, load_model_weights, process_state
-from uda_core.errors import UdaError
+from uda_core.engine import (
+    STOP_SIGNALS,
+    Trainer,
+    TrainResult,
+    load_model_weights,
+    process_state,
+)
+from uda_core.errors import INTERRUPTED_EXIT, Stopped, UdaError
 from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.method import UDABatch
 from uda_core.plugin import Plugin, PrepareContext, load_plugins
@@ -62,7 +71,21 @@ def resolve_config(
         return _validated(layered(base), data_root)
     base = preset(preset_name).model_dump(mode="json") | {"preset": preset_name}
     enabled = list(layered(base).get("plugins") or {})
+    named = _without_overrides(base, config_file, flags).get("plugins") or {}
+    only_set = [name for name in enabled if name not in named]
+    if only_set:
+        raise UdaError(
+            f"--set plugins.{only_set[0]}.*: the plugin {only_set[0]} is not enabled; add "
+            f"--plugin {only_set[0]} (--set only changes its settings)"
+        )
     return _validated(layered(merge(base, plugin_profile(preset_name, enabled))), data_root)
+
+
+def _without_overrides(
+    base: dict[str, Any], config_file: Path | None, flags: dict[str, Any]
+) -> dict[str, Any]:
+    data = merge(base, load_config_file(config_file)) if config_file is not None else base
+    return merge(data, flags)
 
 
 def _validated(data: dict[str, Any], data_root: Path | None) -> RunConfig:
@@ -70,7 +93,20 @@ def _validated(data: dict[str, Any], data_root: Path | None) -> RunConfig:
         for which in ("source", "target", "val"):
             dataset = data["data"][which]
             dataset["root"] = str(Path(data_root) / dataset.get("layout", "cityscapes"))
-    return with_plugins(validate(RunConfig, data))
+    cfg = validate(RunConfig, data)
+    check_across_sections(cfg)
+    return with_plugins(cfg)
+
+
+def check_across_sections(cfg: RunConfig) -> None:
+    """Rules between sections, checked at load time (so --dry-run catches them)."""
+    if cfg.method.multi_resolution:
+        detail, crop = cfg.method.hrda_detail_crop, cfg.data.crop
+        if any(d > c for d, c in zip(detail, crop, strict=True)):
+            raise UdaError(
+                f"config: method.hrda_detail_crop {tuple(detail)} is larger than data.crop "
+                f"{tuple(crop)}; the detail crop is cut from the crop: make it at most that"
+            )
 
 
 def with_plugins(cfg: RunConfig) -> RunConfig:
@@ -156,11 +192,19 @@ def train_batches(cfg: RunConfig, run_data: RunData):
             persistent_workers=data.workers > 0,
             prefetch_factor=4 if data.workers > 0 else None,
             generator=torch.Generator(),
+            worker_init_fn=_ignore_stop_signals,
         )
         for item in loader:
             yield UDABatch(item["source"], item.get("target"))
 
     return batches
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data workers leave SIGTERM/SIGUSR1 (a scheduler signals every process of a job) to
+    the training process, which saves a checkpoint and then ends them."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _ResizedSet(torch.utils.data.Dataset):
@@ -250,9 +294,13 @@ def prepare_plugins(
                 raise UdaError(f"plugin {name}: {exc}") from None
 
 
+def default_run_name(cfg: RunConfig) -> str:
+    """<time>-<process id>_<method>: two runs started in the same second get two folders."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}_{cfg.method.name}"
+
+
 def run_dir_for(cfg: RunConfig) -> Path:
-    name = cfg.runtime.name or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.method.name}"
-    return cfg.runtime.work_dir / name
+    return cfg.runtime.work_dir / (cfg.runtime.name or default_run_name(cfg))
 
 
 def checkpoint_to_resume(resume: str, work_dir: Path) -> Path:
@@ -299,6 +347,85 @@ def config_of_checkpoint(state: dict[str, Any], path: Path, overrides: list[str]
     )
 
 
+RESUMABLE = (
+    "runtime.iterations",
+    "runtime.eval_interval",
+    "runtime.checkpoint_interval",
+    "runtime.keep_checkpoints",
+    "runtime.log_interval",
+    "runtime.debug_interval",
+    "optim.lr",
+    "data.workers",
+    "eval.",
+)
+"""Fields a resume may change (a prefix ending in '.' names a whole section); the rest would
+make the continued run another run than the checkpoint's."""
+_RUN_FOLDER = ("runtime.work_dir", "runtime.name")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def resume_changes(saved: dict[str, Any], cfg: RunConfig, state: dict[str, Any]) -> list[str]:
+    """What ``cfg`` changes in the checkpoint's config, as 'key: old -> new' lines; a change a
+    resume cannot apply, or a finished run, is a one-line error."""
+    before, after = _flat(saved), _flat(cfg.model_dump(mode="json"))
+    changed = [
+        k
+        for k in sorted(before.keys() | after.keys())
+        if before.get(k) != after.get(k) and k not in _RUN_FOLDER
+    ]
+    added = sorted(set(cfg.plugins) - set(saved.get("plugins") or {}))
+    if added:
+        raise UdaError(
+            f"--resume: plugin {', '.join(added)} was not part of the run; a plugin cannot "
+            "join a run midway: start a new run with it (--init-from the checkpoint)"
+        )
+    fixed = [k for k in changed if not k.startswith(RESUMABLE)]
+    if fixed:
+        k = fixed[0]
+        raise UdaError(
+            f"--resume: {k} cannot change on resume (saved {before.get(k)!r}, given "
+            f"{after.get(k)!r}); resumable: {', '.join(RESUMABLE)}; start a new run "
+            "with --init-from the checkpoint instead"
+        )
+    done = int(state["iteration"])
+    if cfg.runtime.iterations < done:
+        raise UdaError(
+            f"--resume: the checkpoint is at iteration {done}; --iters "
+            f"{cfg.runtime.iterations} is fewer"
+        )
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed]
+
+
+def config_to_resume(
+    state: dict[str, Any],
+    path: Path,
+    config_file: Path | None,
+    flags: dict[str, Any],
+    overrides: list[str],
+) -> tuple[RunConfig, list[str]]:
+    """The checkpoint's config with the config file, flags and ``--set`` over it, the run
+    folder kept, and the changes a resume applies."""
+    saved = state["config"]
+    if not isinstance(saved, dict):
+        raise UdaError(f"checkpoint {path} holds no run config")
+    layered = merge(saved, load_config_file(config_file)) if config_file is not None else saved
+    data = apply_overrides(merge(layered, flags), overrides)
+    folder = {k: saved["runtime"].get(k) for k in ("work_dir", "name")}
+    data["runtime"] = {**data.get("runtime", {}), **folder}
+    cfg = validate(RunConfig, data, source=f"config saved in {path}")
+    check_across_sections(cfg)
+    cfg = with_plugins(cfg)
+    return cfg, resume_changes(saved, cfg, state)
+
+
 def train(
     cfg: RunConfig,
     resume: Path | None = None,
@@ -307,25 +434,49 @@ def train(
     init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``cfg``; with ``resume``, continue that checkpoint (``state``: its loaded content);
-    with ``init_weights``, start a new run from those weights."""
+    with ``init_weights``, start a new run from those weights. The main process holds the
+    run folder's lock throughout; Ctrl-C and stop signals end in ``Stopped``."""
     run_dir = run_dir_for(cfg)
     if resume is not None:
         state = state if state is not None else load_checkpoint(resume)
         run_dir = resume.parent.parent
-    elif run_dir.exists() and any(run_dir.glob("checkpoints/*.pt")):
-        raise UdaError(
-            f"run folder {run_dir} already holds checkpoints; pass --resume latest or another name"
-        )
-    try:
-        result = build_trainer(cfg, run_dir, console, init_weights).fit(state)
-    except DataError as exc:
-        raise UdaError(str(exc)) from None
+    with RunLock(run_dir) if process_state().is_main_process else nullcontext():
+        if resume is None and any(run_dir.glob("checkpoints/*.pt")):
+            raise UdaError(
+                f"run folder {run_dir} already holds checkpoints; pass --resume latest "
+                f"--work-dir {cfg.runtime.work_dir} or another --name"
+            )
+        result = _fit(cfg, run_dir, resume, console, state, init_weights)
     if result.report is not None and console is not None and process_state().is_main_process:
         values = result.report.as_dict()
         line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), values)
         if line is not None:
             console.print(line)
     return result
+
+
+def _fit(cfg, run_dir, resume, console, state, init_weights) -> TrainResult:
+    trainer = None
+    try:
+        trainer = build_trainer(cfg, run_dir, console, init_weights)
+        return trainer.fit(state)
+    except (DataError, UdaError) as exc:
+        raise UdaError(f"{exc}{_kept(trainer, resume)}") from None
+    except KeyboardInterrupt:
+        raise Stopped(
+            f"interrupted{_kept(trainer, resume)}{_resume_hint(run_dir)}", INTERRUPTED_EXIT
+        ) from None
+    except Stopped as exc:
+        raise Stopped(f"{exc}{_resume_hint(run_dir)}", exc.exit_code) from None
+
+
+def _kept(trainer, resume: Path | None) -> str:
+    saved = (trainer.last_checkpoint if trainer is not None else None) or resume
+    return f"; the trained weights are kept in {saved}" if saved is not None else ""
+
+
+def _resume_hint(run_dir: Path) -> str:
+    return f"; continue with `uda train --resume latest --work-dir {run_dir}`"
 
 
 def load_trained_model(path: Path, overrides: list[str]) -> tuple[torch.nn.Module, RunConfig, dict]:

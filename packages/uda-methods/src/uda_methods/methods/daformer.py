@@ -23,7 +23,7 @@ from uda_core.augment import strong_augment
 from uda_core.ema import EMATeacher
 from uda_core.losses import downscale_label_ratio, feature_distance, seg_cross_entropy
 from uda_core.method import Method, UDABatch
-from uda_core.mixing import class_mix_masks, mix
+from uda_core.mixing import batch_class_mix_masks, class_mix_masks, mix
 from uda_core.model import SegOutput
 from uda_core.pseudo_label import ignore_rows, pseudo_labels
 from uda_methods.methods.hooks import (
@@ -47,7 +47,7 @@ class DACS(Method):
     def __init__(self, model, accelerator, cfg, plugins=None) -> None:
         super().__init__(model, accelerator, cfg, plugins)
         student = accelerator.unwrap_model(model)
-        self.teacher = EMATeacher(student, cfg.ema_alpha)
+        self.teacher = EMATeacher(student, cfg.ema_alpha, cfg.ema_buffers)
         self.imagenet_encoder = None
         if self.uses_feature_distance and cfg.fd_lambda > 0:
             self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
@@ -79,7 +79,9 @@ class DACS(Method):
         teacher_logits = F.interpolate(
             teacher_logits.float(), target["image"].shape[-2:], mode="bilinear", align_corners=False
         )
-        pseudo = pseudo_labels(teacher_logits, cfg.pseudo_threshold)
+        pseudo = pseudo_labels(
+            teacher_logits, cfg.pseudo_threshold, per_image=cfg.pseudo_weight_scope == "image"
+        )
         weight = ignore_rows(pseudo.weight, cfg.pseudo_ignore_top, cfg.pseudo_ignore_bottom)
         if "valid" in target:
             weight = weight * target["valid"]
@@ -93,10 +95,18 @@ class DACS(Method):
         augmentation, pixel-weighted loss (+ plugin losses) on the mixed batch; backward."""
         cfg = self.cfg
         source = source | {"weight": torch.ones_like(target["weight"])}
-        mask = class_mix_masks(source["label"])
+        if cfg.classmix_classes == "batch":
+            mask = batch_class_mix_masks(source["label"])
+        else:
+            mask = class_mix_masks(source["label"])
         mixed = {k: mix(mask, source[k], target[k]) for k in source.keys() & target.keys()}
         mixed["image"] = strong_augment(
-            mixed["image"], cfg.color_jitter_strength, cfg.color_jitter_p, cfg.blur
+            mixed["image"],
+            cfg.color_jitter_strength,
+            cfg.color_jitter_p,
+            cfg.blur,
+            gates=cfg.augment_gates,
+            per_image_calls=True,
         )
         losses, out_mix = self._student_losses(mixed, mixed["weight"], prefix="mix.")
         self.accelerator.backward(sum(losses.values()))
@@ -111,9 +121,15 @@ class DACS(Method):
         """The student on ``batch["image"]``: (pixel-weighted) segmentation loss and plugin
         losses against the batch's label and dense maps."""
         output = self.model(batch["image"])
-        losses = {f"{prefix}seg": seg_cross_entropy(output.logits, batch["label"], pixel_weight)}
+        losses = {f"{prefix}seg": self._seg_loss(output.logits, batch["label"], pixel_weight)}
         losses |= plugin_losses(self.plugins, output, batch, pixel_weight, prefix=prefix)
         return losses, output
+
+    def _seg_loss(
+        self, logits: torch.Tensor, label: torch.Tensor, pixel_weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Pixel-weighted cross-entropy, averaged as ``method.seg_loss_mean`` says."""
+        return seg_cross_entropy(logits, label, pixel_weight, mean_over=self.cfg.seg_loss_mean)
 
     def _feature_distance(self, output, source) -> torch.Tensor:
         """Distance of the student's bottleneck features to the frozen ImageNet encoder's, on

@@ -8,7 +8,8 @@ student is trained on a batch and which features the feature distance reads:
   ``hrda_crop_divisible``), runs ``HRDASegmenter`` on the crop at both scales and adds the
   losses of the fused output (weight 1 - detail - context weights), of the detail output
   against the label and every dense map cropped to the box (``hrda_detail_loss_weight``) and,
-  if weighted, of the context output; plugin losses are weighted the same way per branch;
+  if weighted, of the context output; plugin losses come from the fused output at weight 1,
+  as published, or from every branch weighted like its segmentation (``hrda_plugin_losses``);
 - the teacher's pseudo-labels come from its inference mode: overlapping detail windows fused
   with the context; target margins come from the loader's ``valid`` map;
 - the feature distance compares the context's (low-resolution) bottleneck features with the
@@ -21,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from uda_core.errors import UdaError
-from uda_core.losses import seg_cross_entropy
 from uda_core.model import SegOutput
 from uda_methods.methods.daformer import DAFormer
 from uda_methods.methods.hooks import Batch, plugin_losses
@@ -74,10 +74,26 @@ class HRDA(DAFormer):
         for out, targets, weight, branch, factor in branches:
             if factor == 0:
                 continue
-            terms = {"seg": seg_cross_entropy(out.logits, targets["label"], weight)}
-            terms |= plugin_losses(self.plugins, out, targets, weight)
-            losses |= {f"{prefix}{branch}{k}": factor * v for k, v in terms.items()}
+            terms = {"seg": factor * self._seg_loss(out.logits, targets["label"], weight)}
+            terms |= self._plugin_terms(out, targets, weight, factor, fused=out is output)
+            losses |= {f"{prefix}{branch}{k}": v for k, v in terms.items()}
         return losses, output
+
+    def _plugin_terms(
+        self,
+        out: SegOutput,
+        targets: Batch,
+        weight: torch.Tensor | None,
+        factor: float,
+        fused: bool,
+    ) -> dict[str, torch.Tensor]:
+        """One branch's plugin losses (``method.hrda_plugin_losses``): ``"fused"``, as
+        published, the fused output's alone at weight 1 (Dispersion ``dispersion_head.py:
+        257-297`` scales only the segmentation terms by 0.9 and 0.1, and computes no
+        detail-scale dispersion term); ``"per-branch"`` every branch's, x ``factor``."""
+        if self.cfg.hrda_plugin_losses == "fused":
+            return plugin_losses(self.plugins, out, targets, weight) if fused else {}
+        return {k: factor * v for k, v in plugin_losses(self.plugins, out, targets, weight).items()}
 
     def _feature_distance_input(self, image: torch.Tensor) -> torch.Tensor:
         if not self.multi_resolution:

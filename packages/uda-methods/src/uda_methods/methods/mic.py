@@ -8,7 +8,8 @@ masked out, which forces it to use context:
 5. masked: strong augmentation of the target image, ``mic_mask_ratio`` of its
    ``mic_mask_block`` px blocks set to 0; the same pseudo-labels, pixel weights (margins and
    plugin adjustments included) and plugin targets as the mixed step; loss x ``mic_lambda``
-   (on HRDA: with a detail crop of its own); backward.
+   (the fused segmentation loss only, as published, or every masked loss:
+   ``mic_lambda_scope``; on HRDA: with a detail crop of its own); backward.
 
 ``method.mic_base`` picks the base: ``hrda`` (the published MIC) or ``daformer``.
 """
@@ -40,11 +41,16 @@ class MIC(HRDA):
         """5. The pseudo-labelled target, colour-augmented and block-masked; backward."""
         cfg = self.cfg
         image = strong_augment(
-            target["image"], cfg.color_jitter_strength, cfg.color_jitter_p, cfg.blur
+            target["image"],
+            cfg.color_jitter_strength,
+            cfg.color_jitter_p,
+            cfg.blur,
+            gates=cfg.augment_gates,
         )
         masked = target | {"image": mask_image(image, cfg.mic_mask_block, cfg.mic_mask_ratio)}
         losses, output = self._student_losses(masked, masked["weight"], prefix="mask.")
-        losses = {k: cfg.mic_lambda * v for k, v in losses.items()}
+        scaled = {"mask.seg"} if cfg.mic_lambda_scope == "fused-seg" else losses.keys()
+        losses = {k: cfg.mic_lambda * v if k in scaled else v for k, v in losses.items()}
         self.accelerator.backward(sum(losses.values()))
         if self.debug:
             self.panels |= {

@@ -16,7 +16,8 @@ class SourceOnly(Method):
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
         source = add_source_targets(self.plugins, batch.source)
         output = self.model(source["image"])
-        losses = {"loss": seg_cross_entropy(output.logits, source["label"])}
+        loss = seg_cross_entropy(output.logits, source["label"], mean_over=self.cfg.seg_loss_mean)
+        losses = {"loss": loss}
         losses |= plugin_losses(self.plugins, output, source, None)
         self.accelerator.backward(sum(losses.values()))
         return {k: v.item() for k, v in losses.items()}

@@ -20,19 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from uda_core.checkpoint import read_weights_only
 from uda_core.errors import UdaError
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped from a ``state_dict`` or ``model`` entry."""
-    if not path.is_file():
-        raise UdaError(
-            f"model.pretrained: {path} does not exist; give the path of the encoder weights"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable files
-        raise UdaError(f"model.pretrained: cannot read {path}: {exc}".splitlines()[0]) from exc
+    state = read_weights_only(path, "model.pretrained: encoder weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
