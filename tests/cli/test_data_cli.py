@@ -20,6 +20,7 @@ from tests.data.release_trees import (
     MAPILLARY_NAMES,
     SYNTHIA_SCENE,
     SYNTHIA_TRAIN_IDS,
+    WRITERS,
     image,
     scene_ids,
     train_ids_of,
@@ -40,15 +41,6 @@ from uda_data.layouts import LAYOUTS
 from uda_data.rcs import ClassStats
 
 runner = CliRunner()
-WRITERS = {
-    "gta": write_gta,
-    "synthia": write_synthia,
-    "cityscapes": write_cityscapes,
-    "acdc": write_acdc,
-    "darkzurich": write_dark_zurich,
-    "bdd100k": write_bdd100k,
-    "mapillary": write_mapillary,
-}
 
 
 def uda(*args):

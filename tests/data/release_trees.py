@@ -257,3 +257,15 @@ def write_mapillary(root: Path, *, depth: bool = True) -> Path:
                 write_png16(root / split / "instances" / f"{name}.png", instances)
             index += 1
     return root
+
+
+WRITERS = {
+    "gta": write_gta,
+    "synthia": write_synthia,
+    "cityscapes": write_cityscapes,
+    "acdc": write_acdc,
+    "darkzurich": write_dark_zurich,
+    "bdd100k": write_bdd100k,
+    "mapillary": write_mapillary,
+}
+"""Each layout's fixture-tree writer, by layout name."""

@@ -14,15 +14,11 @@ from tests.data.release_trees import (
     MAPILLARY_TRAIN_IDS,
     SYNTHIA_SCENE,
     SYNTHIA_TRAIN_IDS,
+    WRITERS,
     depth_png,
     scene_ids,
     train_ids_of,
-    write_acdc,
-    write_bdd100k,
-    write_cityscapes,
-    write_dark_zurich,
     write_gta,
-    write_mapillary,
     write_synthia,
 )
 from uda_data.config import DataConfig, DatasetConfig, open_folder
@@ -31,16 +27,6 @@ from uda_data.datasets import cityscapes_folder, gta_folder, open_layout, synthi
 from uda_data.depth import decode_depth_anything, encode_inverse_depth, encode_relative_depth
 from uda_data.errors import DataError
 from uda_data.layouts import GTA, LAYOUTS, detect_layout
-
-WRITERS = {
-    "gta": write_gta,
-    "synthia": write_synthia,
-    "cityscapes": write_cityscapes,
-    "acdc": write_acdc,
-    "darkzurich": write_dark_zurich,
-    "bdd100k": write_bdd100k,
-    "mapillary": write_mapillary,
-}
 
 
 @pytest.fixture(scope="module")

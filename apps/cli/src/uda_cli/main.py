@@ -20,7 +20,7 @@ from uda_cli.checkpoint import app as checkpoint_app
 from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
 from uda_cli.errors import friendly_errors
-from uda_cli.predict import Copy, predict_command
+from uda_cli.predict import Copy, CopyOption, PresetOption, predict_command
 from uda_core.checkpoint import load_checkpoint
 from uda_core.config import RuntimeConfig, apply_overrides
 from uda_core.errors import INTERRUPTED_EXIT, PREEMPTED_EXIT, UdaError
@@ -332,19 +332,8 @@ def eval_command(
     save_predictions: Annotated[
         Path | None, typer.Option(help="Folder for colourised prediction PNGs.")
     ] = None,
-    copy: Annotated[
-        Copy,
-        typer.Option(
-            help="Which network of a training checkpoint: student (model.*, what the reference "
-            "evaluates), teacher (EMA, ema_model.*) or imagenet (imnet_model.*)."
-        ),
-    ] = Copy.student,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Published files: the preset to take settings from (default: by family)."
-        ),
-    ] = None,
+    copy: CopyOption = Copy.student,
+    preset: PresetOption = None,
 ) -> None:
     """Evaluate a checkpoint: per-class IoU, mIoU and the Synthia 16/13-class means."""
     overrides = list(set_ or [])

@@ -75,6 +75,19 @@ class Copy(str, Enum):
     imagenet = "imagenet"
 
 
+CopyOption = Annotated[
+    Copy,
+    typer.Option(
+        help="Which network of a training checkpoint: student (model.*, what the reference "
+        "evaluates), teacher (EMA, ema_model.*) or imagenet (imnet_model.*)."
+    ),
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(help="Published files: the preset to take settings from (default: by family)."),
+]
+
+
 def find_images(paths: list[Path], out: Path) -> list[tuple[Path, Path]]:
     """(image, output path without suffix) for each image file given and each image under a
     folder given; files under ``out`` are left out, so a rerun does not predict its outputs."""
@@ -241,19 +254,8 @@ def predict_command(
             "default for published files) or ours (as `uda eval`; default for our runs)."
         ),
     ] = None,
-    copy: Annotated[
-        Copy,
-        typer.Option(
-            help="Which network of a training checkpoint: student (model.*, what the reference "
-            "evaluates), teacher (EMA, ema_model.*) or imagenet (imnet_model.*)."
-        ),
-    ] = Copy.student,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Published files: the preset to take settings from (default: by family)."
-        ),
-    ] = None,
+    copy: CopyOption = Copy.student,
+    preset: PresetOption = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field of the config.")
     ] = None,
