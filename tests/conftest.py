@@ -17,6 +17,21 @@ SMALL_SPEC = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_child_left_behind():
+    """A test that leaves a child process running (a DataLoader worker, a pool) fails: such a
+    child ignores SIGTERM or waits on its queue, and the interpreter's exit waits for it."""
+    yield
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    alive = multiprocessing.active_children()
+    for child in alive:
+        child.kill()
+    assert not alive, f"the test left child processes running: {alive}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
     """Every test generates into one session-wide cache, never the user's."""
@@ -57,3 +72,16 @@ def tiny_overrides(work_dir: Path, iterations: int = 6) -> list[str]:
     for key, value in sets.items():
         out += ["--set", f"{key}={value}"]
     return out
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A process that outlives its suite by five minutes prints every thread's stack and exits.
+
+    Whatever keeps the interpreter from finishing (a worker thread, a child it joins) is then
+    named in the log instead of holding CI until its time limit.
+    """
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(300, exit=True, file=sys.__stderr__)

@@ -341,6 +341,9 @@ class Trainer:
         finally:
             stop.restore()
             progress.close()
+            close_batches = getattr(batches, "close", None)
+            if close_batches is not None:  # a generator: its data workers end now, not at exit
+                close_batches()
         accelerator.end_training()
         if is_main and report is not None:
             out.print(report.table(f"Target val, iteration {rt.iterations}"))

@@ -194,10 +194,23 @@ def train_batches(cfg: RunConfig, run_data: RunData):
             generator=torch.Generator(),
             worker_init_fn=_ignore_stop_signals,
         )
-        for item in loader:
-            yield UDABatch(item["source"], item.get("target"))
+        iterator = iter(loader)
+        try:
+            for item in iterator:
+                yield UDABatch(item["source"], item.get("target"))
+        finally:
+            end_workers(iterator)
 
     return batches
+
+
+def end_workers(iterator: Iterator[Any]) -> None:
+    """Ends a DataLoader iterator's worker processes now. They ignore SIGTERM (see
+    ``_ignore_stop_signals``), so a stream left open by an error would otherwise keep them
+    alive until the interpreter's exit, which then waits for them forever."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
