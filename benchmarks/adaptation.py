@@ -13,6 +13,16 @@ over the logged iterations and seeds) is printed as Markdown and written to
 ``<work-dir>/adaptation.json``. ``--runs`` limits training and the table to some runs, e.g. an
 ablation in its own work dir: ``--runs mic+dispersion --work-dir benchmarks/runs-no-hook --set
 plugins.dispersion.weight_hook=false``.
+
+``--behaviour published`` trains every run with the reference's behaviour wherever the quick
+preset keeps ours (``published_sets``): the self-training options of the published presets
+(losses over all pixels, one pseudo-label weight, ClassMix and augmentation gate per batch,
+the teacher's own BatchNorm statistics, mic_lambda on the fused loss), HRDA's published
+fusion and crops, weight decay on the whole decoder, and for the plugin runs the published
+head's classifier (first two branches, final segmentation from the head, N(0, 0.01)
+initialisation) and losses (initial segmentation over all pixels, BerHu's threshold not
+detached, the head's losses from the fused output) with the auxiliary network's
+training-mode BatchNorm. Sizes and architectures stay the quick preset's (a CPU run).
 """
 
 from __future__ import annotations
@@ -64,6 +74,25 @@ def final_eval(run_dir: Path) -> dict | None:
         if record.get("split") == "val" and record["iteration"] == total:
             return record
     return None
+
+
+def published_sets(plugin: str | None) -> list[str]:
+    """``--set`` overrides giving a quick run the published presets' behaviour (see above)."""
+    from uda_methods.presets import PUBLISHED_HRDA, PUBLISHED_OPTIM, PUBLISHED_SELF_TRAINING
+
+    sets = [f"method.{k}={v}" for k, v in {**PUBLISHED_SELF_TRAINING, **PUBLISHED_HRDA}.items()]
+    sets.append(f"optim.no_decay_scope={PUBLISHED_OPTIM.no_decay_scope}")
+    if plugin == "dispersion":
+        head = {
+            "classifier_branches": "first_two",
+            "final_segmentation": "head",
+            "head_init": "normal",
+            "seg_init_mean": "all",
+            "berhu_detach_threshold": "false",
+            "auxiliary.batchnorm": "batch",
+        }
+        sets += [f"plugins.dispersion.{k}={v}" for k, v in head.items()]
+    return sets
 
 
 def train(method: str, plugin: str | None, seed: int, work_dir: Path, sets: list[str]) -> None:
@@ -146,6 +175,12 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--summary-only", action="store_true", help="Train nothing.")
     parser.add_argument(
+        "--behaviour",
+        choices=["ours", "published"],
+        default="ours",
+        help="published: the reference's behaviour where the quick preset keeps ours.",
+    )
+    parser.add_argument(
         "--runs",
         nargs="+",
         choices=[run_label(m, p) for m, p in RUNS],
@@ -157,7 +192,8 @@ def main() -> None:
         for seed in args.seeds:
             for method, plugin in chosen(args.runs, TRAINING_ORDER):
                 if final_eval(args.work_dir / run_name(method, plugin, seed)) is None:
-                    train(method, plugin, seed, args.work_dir, args.sets)
+                    extra = published_sets(plugin) if args.behaviour == "published" else []
+                    train(method, plugin, seed, args.work_dir, extra + args.sets)
     rows = summarize(args.work_dir, args.seeds, args.runs)
     (args.work_dir / "adaptation.json").write_text(json.dumps(rows, indent=2))
     print(markdown(rows))
