@@ -42,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +61,8 @@ PHASES = (
     "source_targets",
     "target_targets",
     "adjust_weights",
+    "_feature_distance",
+    "losses",
 )
 
 
@@ -92,14 +96,21 @@ def random_batch(batch_size: int, width: int, height: int, seed: int = 0):
     return UDABatch(source, target)
 
 
-def _profile_phases(method, plugins) -> None:
-    """Label each phase of the step (method parts and plugin hooks) in profiler traces."""
+def _profile_phases(method, plugins, stack: list[str] | None = None) -> None:
+    """Label each phase of the step (method parts and plugin hooks) in profiler traces; with
+    ``stack``, also keep the names of the phases being run on it (innermost last)."""
     from torch.profiler import record_function
 
     def labelled(name, fn):
         def run(*args, **kwargs):
-            with record_function(f"phase/{name}"):
-                return fn(*args, **kwargs)
+            if stack is not None:
+                stack.append(name)
+            try:
+                with record_function(f"phase/{name}"):
+                    return fn(*args, **kwargs)
+            finally:
+                if stack is not None:
+                    stack.pop()
 
         return run
 
@@ -109,17 +120,53 @@ def _profile_phases(method, plugins) -> None:
                 setattr(owner, name, labelled(name.strip("_"), getattr(owner, name)))
 
 
-def measure(spec: dict) -> dict:
-    """Build one configuration, then time ``spec["steps"]`` steps after ``spec["warmup"]``."""
+def _narrow_mit(divisor: int) -> None:
+    """Build MiT encoders with every stage's width divided by ``divisor`` (same depths and
+    heads): a host-bound proxy whose operator counts equal the full model's."""
+    import timm
+
+    create = timm.create_model
+
+    def narrow(name, *args, **kwargs):
+        if name.startswith("pvt_v2_"):
+            kwargs.setdefault("embed_dims", tuple(w // divisor for w in (64, 128, 320, 512)))
+        return create(name, *args, **kwargs)
+
+    timm.create_model = narrow
+
+
+@dataclass
+class Bench:
+    """One configuration, built: ``step(iteration)`` runs one training step as the engine does."""
+
+    cfg: object
+    method: object
+    plugins: dict
+    step: Callable[[int], None]
+    cuda: bool
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def build(spec: dict) -> Bench:
+    """The student, plugins, optimiser, method and a random batch of ``spec``'s configuration.
+
+    ``spec["width_divisor"]`` (optional) narrows MiT encoders (see ``_narrow_mit``)."""
     from accelerate import Accelerator
     from torch.profiler import record_function
 
+    from uda_core.compile import compile_in_place
     from uda_core.ema import average_buffers
+    from uda_core.engine import LossLog
     from uda_core.optim import build_optimizer
     from uda_core.plugin import PrepareContext, load_plugins
     from uda_methods.registry import method_class
     from uda_methods.run import build_full_model, resolve_config
 
+    if spec.get("width_divisor", 1) > 1:
+        _narrow_mit(spec["width_divisor"])
     cfg = resolve_config(spec["preset"], None, spec["flags"], spec["overrides"])
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=spec["precision"])
@@ -147,24 +194,33 @@ def measure(spec: dict) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     method = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
     if cfg.runtime.compile:
-        accelerator.unwrap_model(model).compile()
+        compile_in_place(accelerator.unwrap_model(model), print)
     model.train()
     width, height = cfg.data.crop
     batch = random_batch(cfg.data.batch_size, width, height, cfg.runtime.seed).to(device)
+    losses = LossLog()
 
     def step(iteration: int) -> None:
-        method.train_step(batch, iteration)
+        logs = method.train_step(batch, iteration)
         with record_function("phase/optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with record_function("phase/ema"):
             average_buffers(accelerator.unwrap_model(model))
             method.after_optimizer_step(iteration)
+        with record_function("phase/logging"):
+            losses.add(logs)
+            if (iteration + 1) % cfg.runtime.log_interval == 0:
+                losses.means()
+                losses.clear()
 
-    def synchronize() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+    return Bench(cfg, method, plugins, step, cuda)
 
+
+def measure(spec: dict) -> dict:
+    """Build one configuration, then time ``spec["steps"]`` steps after ``spec["warmup"]``."""
+    bench = build(spec)
+    cfg, cuda, step, synchronize = bench.cfg, bench.cuda, bench.step, bench.synchronize
     for iteration in range(spec["warmup"]):
         step(iteration)
     synchronize()
@@ -182,7 +238,7 @@ def measure(spec: dict) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if spec["trace_dir"]:
-        _trace(spec, step, method, plugins, cuda)
+        _trace(spec, step, bench.method, bench.plugins, cuda)
     return {
         "name": spec["name"],
         "method": spec["method"],

@@ -122,6 +122,10 @@ def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
             ["--method", "hrda", "--set", "method.hrda_detail_crop=[128, 32]"],
             r"method\.hrda_detail_crop \(128, 32\) is larger than data\.crop \(64, 64\)",
         ),
+        (
+            ["--set", "schedule.warmup_iters=7"],
+            r"schedule\.warmup_iters 7 is longer than runtime\.iterations 6, so the learning",
+        ),
         (["--name", "../outside"], r"runtime\.name: Value error, a run folder name"),
         (["--name", "a/b"], r"runtime\.name: Value error, a run folder name"),
         (

@@ -125,7 +125,8 @@ def test_plugin_adjusts_the_weights_from_the_auxiliary_labels_of_depth_and_dispe
     upsampled = aux_labels.repeat_interleave(2, 1).repeat_interleave(2, 2)
     expected = torch.where(upsampled == pseudo, 0.8 * 1.5, 0.8 * 0.25)
     torch.testing.assert_close(out, expected)
-    assert plugin.log_values()["agreement"] == pytest.approx((upsampled == pseudo).float().mean())
+    agreement = float(plugin.log_values()["agreement"])
+    assert agreement == pytest.approx(float((upsampled == pseudo).float().mean()))
 
 
 class RecordingDispersion(DispersionPlugin):

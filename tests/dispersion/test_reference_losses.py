@@ -178,7 +178,7 @@ def hrda_step(monkeypatch, plugin_losses: str):
     model = tiny_model(cfg, plugin)
     method = method_class("hrda")(model, Accelerator(cpu=True), cfg, {plugin.name: plugin})
     batch = uda_batch()
-    logs = method.train_step(batch, 0)
+    logs = {k: float(v) for k, v in method.train_step(batch, 0).items()}
     return plugin, batch, logs
 
 

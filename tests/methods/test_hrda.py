@@ -179,7 +179,7 @@ def run_step(name: str, **settings) -> tuple[RecordingPlugin, UDABatch, dict]:
     model = tiny_model(cfg, plugin)
     method = method_class(name)(model, Accelerator(cpu=True), cfg, {plugin.name: plugin})
     batch = uda_batch()
-    logs = method.train_step(batch, 0)
+    logs = {k: float(v) for k, v in method.train_step(batch, 0).items()}
     return plugin, batch, logs
 
 

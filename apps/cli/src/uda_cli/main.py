@@ -27,6 +27,7 @@ from uda_core.errors import INTERRUPTED_EXIT, PREEMPTED_EXIT, UdaError
 from uda_data.atomic import check_writable, save_png, write_bytes
 from uda_data.classes import colorize
 from uda_data.errors import write_error
+from uda_data.layouts import detect_layout
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
 from uda_methods.published import published_line
@@ -317,7 +318,9 @@ def eval_command(
     ],
     val_root: Annotated[
         Path | None,
-        typer.Option(help="Labelled val data in the Cityscapes layout (default: the run's)."),
+        typer.Option(
+            help="Labelled val data in any layout, detected from the folder (default: the run's)."
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split folder under the val root.")] = None,
     mode: Annotated[
@@ -338,7 +341,9 @@ def eval_command(
     """Evaluate a checkpoint: per-class IoU, mIoU and the Synthia 16/13-class means."""
     overrides = list(set_ or [])
     if val_root is not None:
-        overrides += [f"data.val.root={val_root}", "data.val.layout=cityscapes"]
+        layout = detect_layout(val_root)
+        overrides += [f"data.val.root={val_root}", f"data.val.layout={layout.name}"]
+        overrides.append("data.val.conditions=null")
     if split is not None:
         overrides.append(f"data.val.split={split}")
     if mode is not None:
@@ -354,6 +359,7 @@ def eval_command(
     iteration = state.get("iteration", state.get("iter"))
     console.print(report.table(f"{checkpoint} (iteration {iteration or '?'})"))
     console.print(f"mIoU {100 * report.miou:.2f}")
+    targets = _extra_targets(model, cfg, report)
     line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), report.as_dict())
     if line is not None:
         console.print(line)
@@ -361,9 +367,32 @@ def eval_command(
         "checkpoint": str(checkpoint),
         "iteration": iteration,
         **report.as_dict(),
+        **({"targets": targets, "mean_mIoU": _mean_miou(targets)} if targets else {}),
     }
     write_bytes(output, json.dumps(result, indent=2).encode())
     console.print(f"results written to {output}")
+
+
+def _extra_targets(model, cfg, report) -> dict[str, dict[str, float]]:
+    """Score each of ``data.extra_val`` as ``data.val`` is scored, print a table per target and
+    the mean mIoU over all; their reports by ``LAYOUT:ROOT``, the first being ``data.val``'s
+    (empty without extra targets)."""
+    if not cfg.data.extra_val:
+        return {}
+    targets = {f"{cfg.data.val.layout}:{cfg.data.val.root}": report.as_dict()}
+    for dataset in cfg.data.extra_val:
+        data = cfg.data.model_copy(update={"val": dataset})
+        extra = evaluate(model, cfg.model_copy(update={"data": data}))
+        name = f"{dataset.layout}:{dataset.root}"
+        console.print(extra.table(f"{name} ({dataset.split})"))
+        console.print(f"mIoU {100 * extra.miou:.2f} ({name})")
+        targets[name] = extra.as_dict()
+    console.print(f"mean mIoU over {len(targets)} targets {100 * _mean_miou(targets):.2f}")
+    return targets
+
+
+def _mean_miou(targets: dict[str, dict[str, float]]) -> float:
+    return sum(t["mIoU"] for t in targets.values()) / len(targets)
 
 
 def _prediction_saver(folder: Path):

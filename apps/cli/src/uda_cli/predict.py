@@ -23,6 +23,9 @@ prepared by one of two test pipelines (``--pipeline``):
   images (``uda_data.transforms.resize``), so that predictions are those of ``uda eval``.
 
 Either way the network runs as the run's ``eval`` settings say (whole image or sliding window).
+With ``--format`` the folder given is a dataset's root and its test split (``--split``) is
+written as a test-server submission (``uda_cli.submission``). ``--out`` is checked before any
+work.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from uda_cli.errors import fail, friendly_errors
+from uda_cli.submission import Format, submission_images, write_submission, zip_path
 from uda_core.checkpoint import atomic_write_bytes
 from uda_core.config import EvalConfig
 from uda_core.errors import UdaError
 from uda_core.evaluation import slide_average
 from uda_core.model import SegOutput, logits_of
-from uda_data.atomic import save_png
+from uda_data.atomic import check_writable, save_png
 from uda_data.classes import colorize
 from uda_data.errors import DataError
 from uda_data.files import read_image
@@ -181,16 +185,11 @@ def _overlay(image: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarr
     return np.round(blend).astype(np.uint8)
 
 
-def predict_image(
-    model: torch.nn.Module,
-    cfg: RunConfig,
-    path: Path,
-    stem: Path,
-    opacity: float,
-    pipeline: Pipeline = Pipeline.ours,
-    save_logits: bool = False,
-) -> bool:
-    """Predict one image and write its pictures; returns whether a dispersion map was written."""
+def image_maps(
+    model: torch.nn.Module, cfg: RunConfig, path: Path, pipeline: Pipeline
+) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """The image (H x W x 3 RGB) and the model's maps of it at its size: ``logits``
+    (C x H x W) and, for models with a dispersion head, ``disp`` (1 x H x W)."""
     device = next(model.parameters()).device
     if pipeline is Pipeline.reference:
         bgr = read_bgr(path)
@@ -206,6 +205,20 @@ def predict_image(
         k: F.interpolate(v, (height, width), mode="bilinear", align_corners=False)[0]
         for k, v in predict_maps(model, tensor.to(device), cfg.eval).items()
     }
+    return picture, maps
+
+
+def predict_image(
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    path: Path,
+    stem: Path,
+    opacity: float,
+    pipeline: Pipeline = Pipeline.ours,
+    save_logits: bool = False,
+) -> bool:
+    """Predict one image and write its pictures; returns whether a dispersion map was written."""
+    picture, maps = image_maps(model, cfg, path, pipeline)
     if save_logits:
         logits = maps["logits"][None].float().cpu().numpy()
         atomic_write_bytes(stem.with_name(f"{stem.name}_logits.npy"), lambda f: np.save(f, logits))
@@ -259,12 +272,31 @@ def predict_command(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field of the config.")
     ] = None,
+    fmt: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            help="Write a test-server submission instead of pictures: the one folder given is "
+            "the dataset's root; OUT/FORMAT.zip (and OUT/FORMAT/) are written.",
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="With --format: the split to predict (val: to score it locally).")
+    ] = "test",
 ) -> None:
-    """Segment images: class colours, overlays, dispersion maps and, optionally, logits."""
+    """Segment images: class colours, overlays, dispersion maps and, optionally, logits; or,
+    with --format, a test-server submission of a dataset's test split."""
     overrides = list(set_ or [])
     if mode is not None:
         overrides.append(f"eval.mode={mode.value}")
-    found = find_images(images, out)
+    if fmt is None:
+        found = find_images(images, out)
+        check_writable(out / "prediction_pred.png")
+    else:
+        if len(images) != 1 or not images[0].is_dir():
+            raise UdaError(f"--format {fmt.value}: pass one folder, the dataset's root")
+        check_writable(zip_path(fmt, out))
+        submitted = submission_images(fmt, images[0], split)
     loaded = load_segmentation_model(checkpoint, overrides, copy.value, preset)
     cfg = loaded.cfg
     if pipeline is None:
@@ -273,10 +305,29 @@ def predict_command(
     if device.type == "cuda":
         exact_float32()
     model = loaded.model.to(device).eval()
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    if fmt is not None:
+
+        def probabilities(path: Path) -> torch.Tensor:
+            return image_maps(model, cfg, path, pipeline)[1]["logits"].float().softmax(0)
+
+        started = time.perf_counter()
+        with Progress(*columns, console=console, transient=True) as bar:
+            written = write_submission(
+                fmt,
+                submitted,
+                out,
+                probabilities,
+                lambda items: bar.track(items, description="predicting"),
+            )
+        console.print(
+            f"{fmt.value}: {len(submitted)} {split} image(s) predicted into {written}"
+            f" in {time.perf_counter() - started:.1f} s ({pipeline.value} pipeline)"
+        )
+        return
     failed: list[str] = []
     with_disp = 0
     started = time.perf_counter()
-    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         for path, stem in bar.track(found, description="predicting"):
             try:

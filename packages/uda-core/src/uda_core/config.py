@@ -50,6 +50,12 @@ class OptimConfig(Section):
         "custom key 'head' does) or all (ours before: the decoder's norm layers too).",
     )
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    implementation: Literal["auto", "foreach", "fused", "for-loop"] = Field(
+        "auto",
+        description="AdamW kernel: auto (fused on CUDA, else foreach), foreach "
+        "(multi-tensor), fused (one kernel per group), for-loop (per tensor, as the reference's "
+        "PyTorch); the same update within float rounding.",
+    )
 
 
 class ScheduleConfig(Section):

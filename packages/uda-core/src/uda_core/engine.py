@@ -48,6 +48,7 @@ from uda_core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from uda_core.compile import compile_in_place
 from uda_core.config import OptimConfig, RuntimeConfig, ScheduleConfig
 from uda_core.debug import save_panels
 from uda_core.ema import average_buffers
@@ -111,6 +112,41 @@ def fingerprint(state: Any) -> str:
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, default=str).encode()
     atomic_write_bytes(path, lambda f: f.write(text))
+
+
+class LossLog:
+    """The scalar logs of the steps since the last ``clear``, summed where they are.
+
+    A method's step returns its losses as (detached) tensors on the device; adding them here
+    issues a few device additions and no host synchronisation. ``means`` (every
+    ``runtime.log_interval`` iterations, and before a checkpoint) copies the sums to the host
+    once and returns each value's mean over the steps that reported it, as mmcv's logger
+    averages over its interval (the log before showed the last iteration's values). Plain
+    floats are summed on the host.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, logs: dict[str, torch.Tensor | float]) -> None:
+        for key, value in logs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        """Each value's mean over the steps since the last ``clear`` (one host copy)."""
+        tensors = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
+        values = {k: float(v) for k, v in self.sums.items() if k not in tensors}
+        if tensors:
+            stacked = torch.stack([self.sums[k].double().reshape(()) for k in tensors])
+            values |= dict(zip(tensors, stacked.tolist(), strict=True))
+        return {k: values[k] / self.counts[k] for k in self.sums}
+
+    def clear(self) -> None:
+        self.sums, self.counts = {}, {}
 
 
 class StopRequest:
@@ -233,7 +269,7 @@ class Trainer:
         method = self.build_method(model, accelerator)
         if rt.compile:
             # in place, after the method copied the student (EMA teacher): same state dict keys
-            accelerator.unwrap_model(model).compile()
+            compile_in_place(accelerator.unwrap_model(model), out.print)
         set_seed(rt.seed + accelerator.process_index)
 
         start, best = 0, -math.inf
@@ -272,6 +308,7 @@ class Trainer:
             self.train_batches(start, accelerator.process_index, accelerator.num_processes)
         )
         timer, data_wait, last_log = time.perf_counter(), 0.0, start
+        losses, shown = LossLog(), {}
         stop = StopRequest().install()
         try:
             for iteration in range(start, rt.iterations):
@@ -282,8 +319,7 @@ class Trainer:
                 method.debug = (
                     is_main and rt.debug_interval > 0 and (iteration + 1) % rt.debug_interval == 0
                 )
-                logs = method.train_step(batch, iteration)
-                self._check_finite(logs, iteration)
+                losses.add(method.train_step(batch, iteration))
                 if self.optim.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), self.optim.grad_clip)
                 optimizer.step()
@@ -299,9 +335,16 @@ class Trainer:
                         self._palette(),
                     )
                 log_now = done % rt.log_interval == 0 or done == rt.iterations
-                if log_now and accelerator.num_processes > 1:
-                    logs = self._mean_over_processes(logs, accelerator)
-                progress.update(done, logs, log_now)
+                save_now = done % rt.checkpoint_interval == 0 or done == rt.iterations
+                if log_now or save_now:  # the losses' only host read: no sync inside a step
+                    logs = losses.means()
+                    self._check_finite(logs, last_log, done)
+                if log_now:
+                    losses.clear()
+                    if accelerator.num_processes > 1:
+                        logs = self._mean_over_processes(logs, accelerator)
+                    shown = logs
+                progress.update(done, shown, log_now)
                 if log_now and is_main:
                     count = done - last_log
                     record = {"iteration": done, "lr": scheduler.get_last_lr()[0], **logs}
@@ -311,7 +354,6 @@ class Trainer:
                     accelerator.log(logs, step=done)
                 if log_now:
                     timer, data_wait, last_log = time.perf_counter(), 0.0, done
-                save_now = done % rt.checkpoint_interval == 0 or done == rt.iterations
                 if save_now:
                     last_ckpt = self._save(
                         accelerator, model, optimizer, scheduler, method, done, best
@@ -329,6 +371,7 @@ class Trainer:
                             self._save_best(accelerator, method, done, report)
                 if done < rt.iterations and stop.requested(accelerator):
                     if not save_now:
+                        self._check_finite(losses.means(), last_log, done)
                         last_ckpt = self._save(
                             accelerator, model, optimizer, scheduler, method, done, best
                         )
@@ -394,12 +437,14 @@ class Trainer:
         return dict(zip(logs, means, strict=True))
 
     @staticmethod
-    def _check_finite(logs: dict[str, float], iteration: int) -> None:
+    def _check_finite(logs: dict[str, float], last_read: int, iteration: int) -> None:
+        """Losses are read every ``log_interval`` iterations and before each checkpoint, so a
+        non-finite one stops training by then, before it reaches a checkpoint."""
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:
             raise UdaError(
-                f"iteration {iteration + 1}: loss {', '.join(bad)} is not finite; lower optim.lr or"
-                " enable optim.grad_clip, then resume from the last checkpoint"
+                f"iterations {last_read + 1}-{iteration}: loss {', '.join(bad)} is not finite; "
+                "lower optim.lr or enable optim.grad_clip, then resume from the last checkpoint"
             )
 
     def _evaluate(self, method: Method, accelerator: Accelerator) -> IoUReport:

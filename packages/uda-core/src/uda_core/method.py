@@ -65,8 +65,10 @@ class Method(ABC):
         """Pictures of the last step, filled when the engine sets ``debug`` before a step."""
 
     @abstractmethod
-    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
-        """Forward and backward for one iteration; returns scalar logs by name."""
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor | float]:
+        """Forward and backward for one iteration; returns scalar logs by name, as detached
+        0-dim tensors (``loss.detach()``, not ``loss.item()``: reading a value on the host
+        waits for the device; the engine reads them every ``runtime.log_interval``)."""
 
     def after_optimizer_step(self, iteration: int) -> None:  # noqa: B027 (optional hook)
         """Called after each optimiser step."""

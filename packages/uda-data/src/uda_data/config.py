@@ -89,6 +89,11 @@ class DataConfig(_Section):
     source: DatasetConfig = Field(description="Labelled source domain.")
     target: DatasetConfig = Field(description="Unlabelled target domain (training split).")
     val: DatasetConfig = Field(description="Labelled target validation split.")
+    extra_val: list[DatasetConfig] = Field(
+        default_factory=list,
+        description="Further labelled val splits `uda eval` scores beside val, each resized like"
+        " it, with the mean mIoU of all (domain generalisation: BDD100K, Mapillary).",
+    )
     synthetic: SynthSpec = Field(
         default_factory=SynthSpec, description="Embedded domains, if used."
     )

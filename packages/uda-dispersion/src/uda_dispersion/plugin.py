@@ -340,11 +340,12 @@ class DispersionPlugin:
                 "set plugins.dispersion.auxiliary.checkpoint to the original file"
             )
 
-    def log_values(self) -> dict[str, float]:
-        """Scalars of the last target batch: the auxiliary network's agreement rate."""
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Scalars of the last target batch: the auxiliary network's agreement rate (a tensor
+        on the device, read by the engine every ``runtime.log_interval`` iterations)."""
         if "agreement" not in self.last:
             return {}
-        return {"agreement": float(self.last["agreement"])}
+        return {"agreement": self.last["agreement"]}
 
     def debug_panels(
         self, batch: Mapping[str, torch.Tensor], output: Any

@@ -168,6 +168,14 @@ class MethodConfig(Section):
         "(fused-seg, published: not its detail loss nor plugin losses) or every masked loss "
         "(all, ours).",
     )
+    mic_mask_mode: Literal["separatetrgaug", "separate"] = Field(
+        "separatetrgaug",
+        description="MIC: which images are masked, as the reference's mask_mode names it "
+        "(MIC masking_consistency_module.py:97-130): separatetrgaug, the colour-augmented "
+        "target batch (GTA/Synthia -> Cityscapes); separate, the first half of the source "
+        "batch with its labels and the first half of the target batch, not augmented "
+        "(Cityscapes -> ACDC and Dark Zurich, experiments.py:401-405).",
+    )
 
     @property
     def multi_resolution(self) -> bool:

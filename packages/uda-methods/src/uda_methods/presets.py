@@ -250,6 +250,75 @@ def synthia_mic() -> RunConfig:
     return _from_synthia(mic(), (2560, 1520))
 
 
+ACDC = DatasetConfig(layout="acdc", root="data/acdc", split="train")
+DARK_ZURICH = DatasetConfig(layout="darkzurich", root="data/dark_zurich", split="train")
+
+
+def _from_cityscapes(cfg: RunConfig, target: DatasetConfig, scale: int) -> RunConfig:
+    """A GTA -> Cityscapes preset adapted from Cityscapes to ``target`` (ACDC, four conditions
+    together; Dark Zurich, night) as the reference's ``uda_cityscapes[HR]_to_{acdc,
+    darkzurich}[HR]_*.py`` datasets do: Cityscapes train as the source, resized to 1024x512
+    (``scale`` 2: 2048x1024), the target's 1920x1080 images to 960x540 (1920x1080) for
+    training and validation on its val split; rare class sampling unchanged; no pseudo-label
+    margins (HRDA ``experiments.py:544``, MIC ``experiments.py:409``: ACDC and Dark Zurich have
+    no rectification artefacts)."""
+    source = DatasetConfig(layout="cityscapes", root="data/cityscapes", split="train")
+    val = target.model_copy(update={"split": "val"})
+    cfg.data = cfg.data.model_copy(
+        update={
+            "source": source,
+            "target": target.model_copy(),
+            "val": val,
+            "source_resize": (1024 * scale, 512 * scale),
+            "target_resize": (960 * scale, 540 * scale),
+            "val_resize": (960 * scale, 540 * scale),
+            "pseudo_margins": None,
+        }
+    )
+    cfg.method = cfg.method.model_copy(update={"pseudo_ignore_top": 0, "pseudo_ignore_bottom": 0})
+    return cfg
+
+
+def _separate_masking(cfg: RunConfig) -> RunConfig:
+    """MIC as run on Cityscapes -> ACDC and Dark Zurich (MIC ``experiments.py:401-405``):
+    ``mask_mode='separate'``, seed 0 (the reference runs seeds 0-2 and does not say which
+    checkpoint it released)."""
+    cfg.method = cfg.method.model_copy(update={"mic_mask_mode": "separate"})
+    cfg.runtime = cfg.runtime.model_copy(update={"seed": 0})
+    return cfg
+
+
+def acdc_daformer() -> RunConfig:
+    """DAFormer on Cityscapes -> ACDC at 512x512 crops (MIC
+    ``uda_cityscapes_to_acdc_512x512.py``; scored on ACDC test by the server)."""
+    return _from_cityscapes(daformer(), ACDC, 1)
+
+
+def acdc_hrda() -> RunConfig:
+    """HRDA on Cityscapes -> ACDC at high resolution (HRDA ``experiments.py`` id 49)."""
+    return _from_cityscapes(hrda(), ACDC, 2)
+
+
+def acdc_mic() -> RunConfig:
+    """MIC (HRDA) on Cityscapes -> ACDC (MIC ``experiments.py`` id 80)."""
+    return _separate_masking(_from_cityscapes(mic(), ACDC, 2))
+
+
+def darkzurich_daformer() -> RunConfig:
+    """DAFormer on Cityscapes -> Dark Zurich (night) at 512x512 crops."""
+    return _from_cityscapes(daformer(), DARK_ZURICH, 1)
+
+
+def darkzurich_hrda() -> RunConfig:
+    """HRDA on Cityscapes -> Dark Zurich at high resolution (HRDA ``experiments.py`` id 49)."""
+    return _from_cityscapes(hrda(), DARK_ZURICH, 2)
+
+
+def darkzurich_mic() -> RunConfig:
+    """MIC (HRDA) on Cityscapes -> Dark Zurich (MIC ``experiments.py`` id 80)."""
+    return _separate_masking(_from_cityscapes(mic(), DARK_ZURICH, 2))
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "quick": quick,
     "quick-mit": quick_mit,
@@ -259,6 +328,12 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "synthia2cs-daformer": synthia_daformer,
     "synthia2cs-hrda": synthia_hrda,
     "synthia2cs-mic": synthia_mic,
+    "cs2acdc-daformer": acdc_daformer,
+    "cs2acdc-hrda": acdc_hrda,
+    "cs2acdc-mic": acdc_mic,
+    "cs2darkzurich-daformer": darkzurich_daformer,
+    "cs2darkzurich-hrda": darkzurich_hrda,
+    "cs2darkzurich-mic": darkzurich_mic,
     "daformer": daformer,
     "hrda": hrda,
     "mic": mic,
@@ -361,6 +436,18 @@ _DISPERSION_RUNS: dict[str, tuple[int, tuple[int, int], float]] = {
 ``gtaHR2csHR_hrda_``, ``gtaHR2csHR_mic_``, ``synthia2cs_daformer_``, ``synthiaHR2csHR_hrda_``
 and ``synthiaHR2csHR_mic_dispersion.py`` (``seed``, ``beta_disagreement_multiplier``) and
 their datasets' ``Resize(img_scale=...)`` (``configs/_base_/datasets/*_disp_*.py:19``)."""
+_DISPERSION_RUNS |= {
+    f"cs2{target}-{method}": (seed, resize, 0.6)
+    for target in ("acdc", "darkzurich")
+    for method, seed, resize in (
+        ("daformer", 0, (1024, 512)),
+        ("hrda", 0, (2048, 1024)),
+        ("mic", 0, (2048, 1024)),
+    )
+}
+"""No reference ran the dispersion plugin from Cityscapes: these runs keep their host preset's
+seed and source resize and take the published settings shared by the six configs, with the
+plugin's default beta (GTA's 0.6)."""
 _DISPERSION_RUNS |= {
     "daformer": _DISPERSION_RUNS["gta2cs-daformer"],
     "hrda": _DISPERSION_RUNS["gta2cs-hrda"],

@@ -67,8 +67,9 @@ def resolve_config(
             data = merge(data, load_config_file(config_file))
         return apply_overrides(merge(data, flags), overrides)
 
+    given_warmup = (layered({}).get("schedule") or {}).get("warmup_iters")
     if base is not None:
-        return _validated(layered(base), data_root)
+        return _warmup_within_run(_validated(layered(base), data_root), given_warmup)
     base = preset(preset_name).model_dump(mode="json") | {"preset": preset_name}
     enabled = list(layered(base).get("plugins") or {})
     named = _without_overrides(base, config_file, flags).get("plugins") or {}
@@ -78,7 +79,21 @@ def resolve_config(
             f"--set plugins.{only_set[0]}.*: the plugin {only_set[0]} is not enabled; add "
             f"--plugin {only_set[0]} (--set only changes its settings)"
         )
-    return _validated(layered(merge(base, plugin_profile(preset_name, enabled))), data_root)
+    cfg = _validated(layered(merge(base, plugin_profile(preset_name, enabled))), data_root)
+    return _warmup_within_run(cfg, given_warmup)
+
+
+def _warmup_within_run(cfg: RunConfig, given_warmup: Any) -> RunConfig:
+    """A warm-up the user gave (config file or --set) must end within the run; a preset's
+    warm-up longer than a run shortened with --iters stays, as the reference's schedule does."""
+    warmup, iterations = cfg.schedule.warmup_iters, cfg.runtime.iterations
+    if given_warmup is not None and warmup > iterations:
+        raise UdaError(
+            f"config: schedule.warmup_iters {warmup} is longer than runtime.iterations "
+            f"{iterations}, so the learning rate never reaches optim.lr; set "
+            f"schedule.warmup_iters to at most {iterations} or train longer with --iters"
+        )
+    return cfg
 
 
 def _without_overrides(

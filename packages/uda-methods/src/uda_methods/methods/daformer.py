@@ -52,7 +52,7 @@ class DACS(Method):
         if self.uses_feature_distance and cfg.fd_lambda > 0:
             self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
 
-    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
         source = add_source_targets(self.plugins, batch.source)
         logs = self._source_step(source)
         target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
@@ -60,18 +60,18 @@ class DACS(Method):
         logs |= self._mixed_step(source, target)
         return logs
 
-    def _source_step(self, source: Batch) -> dict[str, float]:
+    def _source_step(self, source: Batch) -> dict[str, torch.Tensor]:
         """1. Supervised loss (+ feature distance, + plugin losses) on the source; backward."""
         losses, output = self._student_losses(source, None, prefix="src.")
         if self.imagenet_encoder is not None:
             losses["src.feat_dist"] = self.cfg.fd_lambda * self._feature_distance(output, source)
         self.accelerator.backward(sum(losses.values()))
-        return {k: v.item() for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
 
-    def _pseudo_label(self, target: Batch) -> tuple[Batch, float]:
+    def _pseudo_label(self, target: Batch) -> tuple[Batch, torch.Tensor]:
         """2. The target with the teacher's pseudo-labels, the plugins' target-side dense
         targets and the pixel weights (margins, then plugin adjustments, which may read those
-        targets); and the mean share of confident pixels."""
+        targets); and the mean share of confident pixels (a tensor: no host sync)."""
         cfg, target = self.cfg, dict(target)
         self.teacher.train(self.model.training)
         with self.accelerator.autocast():  # the student's precision; softmax in fp32 below
@@ -88,9 +88,9 @@ class DACS(Method):
         target = add_target_targets(self.plugins, target, pseudo.label)
         weight = adjust_weights(self.plugins, target, pseudo.label, weight)
         target["label"], target["weight"] = pseudo.label, weight
-        return target, pseudo.weight[:, 0, 0].mean().item()
+        return target, pseudo.weight[:, 0, 0].mean()
 
-    def _mixed_step(self, source: Batch, target: Batch) -> dict[str, float]:
+    def _mixed_step(self, source: Batch, target: Batch) -> dict[str, torch.Tensor]:
         """3-4. ClassMix over the image and every dense map both sides have, strong
         augmentation, pixel-weighted loss (+ plugin losses) on the mixed batch; backward."""
         cfg = self.cfg
@@ -110,7 +110,7 @@ class DACS(Method):
         )
         losses, out_mix = self._student_losses(mixed, mixed["weight"], prefix="mix.")
         self.accelerator.backward(sum(losses.values()))
-        logs = {k: v.item() for k, v in losses.items()}
+        logs = {k: v.detach() for k, v in losses.items()}
         if self.debug:
             self.panels = self._panels(source, target, mixed, out_mix)
         return logs

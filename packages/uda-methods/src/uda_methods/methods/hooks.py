@@ -50,7 +50,7 @@ def plugin_losses(
     return losses
 
 
-def plugin_logs(plugins: Mapping[str, Plugin]) -> dict[str, float]:
+def plugin_logs(plugins: Mapping[str, Plugin]) -> dict[str, torch.Tensor | float]:
     """Scalars from plugins with the optional ``log_values`` hook, prefixed by their names."""
     logs = {}
     for name, plugin in plugins.items():

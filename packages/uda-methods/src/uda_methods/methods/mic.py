@@ -9,12 +9,16 @@ masked out, which forces it to use context:
    ``mic_mask_block`` px blocks set to 0; the same pseudo-labels, pixel weights (margins and
    plugin adjustments included) and plugin targets as the mixed step; loss x ``mic_lambda``
    (the fused segmentation loss only, as published, or every masked loss:
-   ``mic_lambda_scope``; on HRDA: with a detail crop of its own); backward.
+   ``mic_lambda_scope``; on HRDA: with a detail crop of its own); backward. With
+   ``mic_mask_mode: separate`` (the reference's Cityscapes -> ACDC and Dark Zurich runs) the
+   masked batch is half source (its labels, weight 1) and half target, not augmented.
 
 ``method.mic_base`` picks the base: ``hrda`` (the published MIC) or ``daformer``.
 """
 
 from __future__ import annotations
+
+import torch
 
 from uda_core.augment import strong_augment
 from uda_core.masking import mask_image
@@ -28,26 +32,32 @@ class MIC(HRDA):
 
     name = "mic"
 
-    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, float]:
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
         source = add_source_targets(self.plugins, batch.source)
         logs = self._source_step(source)
         target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
         logs |= plugin_logs(self.plugins)
         logs |= self._mixed_step(source, target)
-        logs |= self._masked_step(target)
+        logs |= self._masked_step(source, target)
         return logs
 
-    def _masked_step(self, target: Batch) -> dict[str, float]:
-        """5. The pseudo-labelled target, colour-augmented and block-masked; backward."""
+    def _masked_step(self, source: Batch, target: Batch) -> dict[str, torch.Tensor]:
+        """5. The pseudo-labelled target (``separate``: half source, half target),
+        colour-augmented (not with ``separate``) and block-masked; backward."""
         cfg = self.cfg
-        image = strong_augment(
-            target["image"],
-            cfg.color_jitter_strength,
-            cfg.color_jitter_p,
-            cfg.blur,
-            gates=cfg.augment_gates,
-        )
-        masked = target | {"image": mask_image(image, cfg.mic_mask_block, cfg.mic_mask_ratio)}
+        if cfg.mic_mask_mode == "separate":
+            images = separate_batch(source, target)
+        else:
+            image = strong_augment(
+                target["image"],
+                cfg.color_jitter_strength,
+                cfg.color_jitter_p,
+                cfg.blur,
+                gates=cfg.augment_gates,
+            )
+            images = target | {"image": image}
+        block, ratio = cfg.mic_mask_block, cfg.mic_mask_ratio
+        masked = images | {"image": mask_image(images["image"], block, ratio)}
         losses, output = self._student_losses(masked, masked["weight"], prefix="mask.")
         scaled = {"mask.seg"} if cfg.mic_lambda_scope == "fused-seg" else losses.keys()
         losses = {k: cfg.mic_lambda * v if k in scaled else v for k, v in losses.items()}
@@ -57,4 +67,13 @@ class MIC(HRDA):
                 "masked": masked["image"].detach(),
                 "masked prediction": output.logits.argmax(1).detach(),
             }
-        return {k: v.item() for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
+
+
+def separate_batch(source: Batch, target: Batch) -> Batch:
+    """MIC's ``separate`` batch: the first half of the source (its labels, pixel weight 1)
+    then as many target images (pseudo-labels and weights), over the dense maps both have."""
+    n = source["image"].shape[0] // 2
+    source = source | {"weight": torch.ones_like(target["weight"])}
+    rest = target["image"].shape[0] - n
+    return {k: torch.cat([source[k][:n], target[k][:rest]]) for k in source.keys() & target.keys()}
