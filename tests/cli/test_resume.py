@@ -15,6 +15,7 @@ from tests.conftest import tiny_overrides
 from uda_cli.main import app
 from uda_core.checkpoint import RunLock
 from uda_core.errors import PREEMPTED_EXIT
+from uda_core.logging import MetricsLog
 from uda_data.errors import DataError
 from uda_methods.run import default_run_name
 
@@ -78,6 +79,27 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, straight_run):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "at iteration " in resumed.stdout
     assert_same_weights(straight_run, torch.load(final, weights_only=True))
+    logged = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").open()]
+    keys = [(r["iteration"], r.get("split", "train")) for r in logged]
+    assert len(keys) == len(set(keys)), "iterations after the checkpoint were logged twice"
+    assert max(r["iteration"] for r in logged) == ITERATIONS
+
+
+def test_a_resume_drops_the_records_after_its_checkpoint_and_a_half_written_line(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for iteration in (1, 2, 3, 4):
+        log.write({"iteration": iteration, "loss": 1.0})
+    log.write({"iteration": 3, "split": "val", "mIoU": 0.5})
+    with log.path.open("a") as f:
+        f.write('{"iteration": 5, "lo')  # killed mid-write
+    log.keep_up_to(3)
+    kept = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert [(r["iteration"], r.get("split")) for r in kept] == [
+        (1, None),
+        (2, None),
+        (3, None),
+        (3, "val"),
+    ]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact(tmp_path, straight_run):

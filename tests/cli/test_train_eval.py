@@ -343,3 +343,14 @@ def test_quick_mit_profile_trains_daformer_with_feature_distance(tmp_path, synth
     assert len(distances) == 2 and all(d > 0 for d in distances)
     config = json.loads((tmp_path / "mit" / "config.json").read_text())
     assert config["model"]["encoder"] == "mit_b0" and config["model"]["decoder"] == "daformer"
+
+
+def test_dry_run_names_an_unwritable_cache_dir(tmp_path, monkeypatch):
+    """The embedded domains are generated into UDA_CACHE_DIR; a cache path under a file is
+    named by --dry-run in one line (exit 2), before anything is generated."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("UDA_CACHE_DIR", str(blocker / "cache"))
+    result = runner.invoke(app, ["train", "--dry-run", "--work-dir", str(tmp_path / "w")])
+    assert result.exit_code == 2, result.output
+    assert str(blocker / "cache") in result.output and "Traceback" not in result.output

@@ -75,7 +75,7 @@ def test_compiled_student_keeps_the_state_dict_keys(tmp_path, synthetic_root, mo
     compile_module = torch.nn.Module.compile
     # inductor builds C++ kernels for minutes on a CPU; dynamo's tracing is what is tested
     monkeypatch.setattr(
-        torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager")
+        torch.nn.Module, "compile", lambda self, **_: compile_module(self, backend="eager")
     )
     args = ["train", "--method", "daformer", "--name", "compiled", *tiny_overrides(tmp_path, 2)]
     result = runner.invoke(app, [*args, "--set", "runtime.compile=true"])

@@ -76,7 +76,10 @@ def test_compute_map_reads_raw_npy_depth(pngs):
         ("missing", "not found"),
         ("size", "resize the depth map"),
         ("rgb_labels", "single-channel trainId PNG"),
-        ("not_an_image", "cannot read"),
+        ("not_an_image", "cannot be read as an image"),  # training's reader and message
+        ("depth_16bit", "depth maps are 8-bit single-channel PNGs"),
+        ("depth_colour", "not a single-channel depth map"),
+        ("depth_nan_npy", "NaN or infinite"),
         ("no_folder", "does not exist"),
         ("connectivity", "--connectivity must be 4 or 8"),
     ],
@@ -94,7 +97,16 @@ def test_bad_input_prints_one_line_and_exits_2(pngs, case, message):
         depth_path.write_text("not a png")
     elif case == "no_folder":
         out = folder / "missing" / "m.png"
-    extra = ["--connectivity", "6"] if case == "connectivity" else []
+    elif case == "depth_16bit":
+        Image.fromarray(depth.astype(np.uint16) * 200).save(depth_path)
+    elif case == "depth_colour":
+        colour = np.stack([depth, depth[::-1], depth], -1)
+        Image.fromarray(colour).convert("P").save(depth_path)
+    elif case == "depth_nan_npy":
+        depth_path = folder / "depth.npy"
+        np.save(depth_path, np.full(depth.shape, np.nan, np.float32))
+    extra = ["--depth-encoding", "raw"] if case == "depth_nan_npy" else []
+    extra += ["--connectivity", "6"] if case == "connectivity" else []
     result = invoke("--labels", label_path, "--depth", depth_path, "--out", out, *extra)
     assert result.exit_code == 2
     assert message in result.output

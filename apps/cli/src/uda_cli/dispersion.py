@@ -17,9 +17,8 @@ from uda_core.errors import UdaError
 from uda_core.plugin import load_plugin
 from uda_data.atomic import check_writable, save_png, write_atomic
 from uda_data.config import open_folder
-from uda_data.depth import decode_depth_anything
 from uda_data.errors import DataError, write_error
-from uda_data.files import read_npy
+from uda_data.files import read_depth
 from uda_dispersion import instances
 from uda_methods.presets import DEFAULT_PRESET, PRESETS
 from uda_methods.run import prepare_context, resolve_config
@@ -182,21 +181,20 @@ def _read_labels(path: Path) -> np.ndarray:
 
 
 def _read_depth(path: Path, encoding: str) -> np.ndarray:
+    """Depth Anything PNGs and raw ``.npy`` maps go through the loaders' one depth reader
+    (``uda_data.files.read_depth``), with training's checks and messages; a raw PNG is read
+    as stored."""
+    if not path.is_file():
+        raise MapInputError(f"{path} not found; pass an existing file with --depth")
     if encoding == "raw" and path.suffix == ".npy":
-        if not path.is_file():
-            raise MapInputError(f"{path} not found; pass an existing file with --depth")
-        return read_npy(path)
+        return read_depth(path, "float_npy")
+    if encoding == "depth_anything_png":
+        return read_depth(path, "depth_anything_png")
     pixels = np.asarray(_open_image(path, "--depth"))
     if pixels.ndim == 3:
         if not (pixels[..., :3] == pixels[..., :1]).all():
             raise MapInputError(f"{path} is a colour image; pass a single-channel depth map")
         pixels = pixels[..., 0]
-    if encoding == "depth_anything_png":
-        if pixels.dtype != np.uint8:
-            raise MapInputError(
-                f"{path} is not 8-bit ({pixels.dtype}); pass --depth-encoding raw for other maps"
-            )
-        return decode_depth_anything(pixels)
     return pixels.astype(np.float32)
 
 

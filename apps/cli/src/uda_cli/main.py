@@ -293,6 +293,7 @@ def _dry_run(cfg, checkpoint: Path | None, init_file: CheckpointFile | None) -> 
         found = f"{len(run_data.source)} source, {len(run_data.target or [])} target"
         console.print(f"data: {found}, {len(run_data.evaluator.dataset)} val images")
     else:
+        check_writable(Path(cfg.data.cache_dir) / "synthetic")  # UDA_CACHE_DIR, before any work
         console.print(f"data: the embedded domains will be generated in {cfg.data.cache_dir}")
     if checkpoint is not None:
         console.print(f"resume: {checkpoint}")

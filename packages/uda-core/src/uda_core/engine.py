@@ -297,6 +297,8 @@ class Trainer:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_temporary_files(self.run_dir)
+            if resume is not None:
+                metrics.keep_up_to(start)
             write_json(self.run_dir / "config.json", self.config)
         if accelerator.log_with:
             accelerator.init_trackers("tensorboard")

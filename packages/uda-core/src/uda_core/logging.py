@@ -12,6 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from uda_core.checkpoint import atomic_write_bytes
+from uda_core.errors import UdaError
+
 
 class MetricsLog:
     """Append-only JSON lines, flushed line by line so a killed run keeps what it logged."""
@@ -19,6 +22,29 @@ class MetricsLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+
+    def keep_up_to(self, iteration: int) -> None:
+        """Drops the records after ``iteration`` (a resume from its checkpoint logs them
+        again) and a last line cut short by a kill; rewrites the file atomically."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines) - 1:
+                    break  # half written when the run was killed
+                raise UdaError(
+                    f"{self.path}: line {number + 1} is not JSON; move the file away to resume"
+                ) from None
+            if not isinstance(record, dict) or record.get("iteration", 0) <= iteration:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        text = "".join(f"{line}\n" for line in kept).encode()
+        atomic_write_bytes(self.path, lambda f: f.write(text))
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {
