@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -157,14 +156,6 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_in_fresh_process(spec: dict) -> dict:
-    command = [sys.executable, __file__, "--in-process", json.dumps(spec, default=str)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{spec['name']} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def markdown(records: list[dict]) -> str:
     """One row per configuration: the step's totals, then the dispatches of each phase."""
     precision_names = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -219,7 +210,7 @@ def main() -> None:
                 if args.plugin != "both" and spec["plugin"] != (args.plugin == "on"):
                     continue
                 spec["width_divisor"] = args.width_divisor
-                record = run_in_fresh_process(spec)
+                record = train_step.run_in_fresh_process(spec, __file__)
                 print(f"{record['name']}: {record['total']}", file=sys.stderr)
                 records.append(record)
     result = {

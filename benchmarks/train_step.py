@@ -335,8 +335,9 @@ def specs(args, aux: dict[str, Path]) -> list[dict]:
     return out
 
 
-def run_in_fresh_process(spec: dict) -> dict:
-    command = [sys.executable, __file__, "--in-process", json.dumps(spec, default=str)]
+def run_in_fresh_process(spec: dict, script: str = __file__) -> dict:
+    """``script --in-process SPEC`` in a new interpreter; its last stdout line is the record."""
+    command = [sys.executable, script, "--in-process", json.dumps(spec, default=str)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{spec['name']} failed:\n{result.stderr[-3000:]}")

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_overrides
 from tests.published.fixture import image_of, manifest, needs_fixture
 from uda_cli import predict
 from uda_cli.main import app
@@ -27,16 +26,6 @@ runner = CliRunner()
 
 def uda(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, synthetic_root):
-    work = tmp_path_factory.mktemp("work")
-    result = runner.invoke(
-        app, ["train", "--method", "source-only", "--name", "p", *tiny_overrides(work, 2)]
-    )
-    assert result.exit_code == 0, result.output
-    return work / "p" / "checkpoints" / "iter_000002.pt"
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_overrides
 from tests.data.release_trees import (
     HEIGHT,
     WIDTH,
@@ -26,16 +25,6 @@ runner = CliRunner()
 
 def uda(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, synthetic_root):
-    work = tmp_path_factory.mktemp("work")
-    result = runner.invoke(
-        app, ["train", "--method", "source-only", "--name", "s", *tiny_overrides(work, 2)]
-    )
-    assert result.exit_code == 0, result.output
-    return work / "s" / "checkpoints" / "iter_000002.pt"
 
 
 def _pngs(archive: zipfile.ZipFile) -> dict[str, Image.Image]:
