@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from tests.cli.test_submission import checkpoint, uda  # noqa: F401 (fixture)
+from tests.cli.test_submission import uda
 from tests.data.release_trees import write_acdc, write_bdd100k
 
 
 @pytest.mark.parametrize(("layout", "write"), [("acdc", write_acdc), ("bdd100k", write_bdd100k)])
-def test_eval_val_root_detects_the_layout_of_the_folder(checkpoint, tmp_path, layout, write):  # noqa: F811
+def test_eval_val_root_detects_the_layout_of_the_folder(checkpoint, tmp_path, layout, write):
     root = write(tmp_path / layout)
     report = tmp_path / "eval.json"
     result = uda("eval", checkpoint, "--val-root", root, "--split", "val", "--output", report)
@@ -19,7 +19,7 @@ def test_eval_val_root_detects_the_layout_of_the_folder(checkpoint, tmp_path, la
     assert 0 <= json.loads(report.read_text())["mIoU"] <= 1
 
 
-def test_eval_scores_each_extra_target_and_their_mean(checkpoint, tmp_path):  # noqa: F811
+def test_eval_scores_each_extra_target_and_their_mean(checkpoint, tmp_path):
     acdc, bdd = write_acdc(tmp_path / "acdc"), write_bdd100k(tmp_path / "bdd")
     extra = f"data.extra_val=[{{layout: bdd100k, root: '{bdd}', split: val}}]"
     report = tmp_path / "eval.json"
