@@ -13,7 +13,8 @@ every stage's width divided by ``--width-divisor``, the decoder (and HRDA's scal
 at 32 channels, and crops, detail crops, slide strides, mask blocks and ignored rows scaled
 to ``--crop`` px, so that the teacher runs as many windows as at the published sizes. The
 step is ``train_step.build``'s (the engine's: method step, AdamW, EMA, loss logging), run
-``--warmup`` times, then once under torch.profiler.
+``--warmup`` times (their seconds are ``warmup_seconds``: with ``--set runtime.compile=true``
+the compile time, since the first steps compile), then once under torch.profiler.
 
 Per phase (the innermost one a call runs in; the phases add up to the step):
 
@@ -38,6 +39,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,9 +122,11 @@ def measure(spec: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     bench = train_step.build(spec)
+    started = time.perf_counter()
     for iteration in range(spec["warmup"]):
         bench.step(iteration)
     bench.synchronize()
+    warmup_seconds = time.perf_counter() - started
     stack: list[str] = []
     train_step._profile_phases(bench.method, bench.plugins, stack)
     modules: Counter = Counter()
@@ -151,6 +155,7 @@ def measure(spec: dict) -> dict:
         "precision": spec["precision"],
         "total": total,
         "phases": phases,
+        "warmup_seconds": round(warmup_seconds, 1),
         "crop": list(bench.cfg.data.crop),
         "model": f"{bench.cfg.model.encoder} + {bench.cfg.model.decoder}",
     }
@@ -211,7 +216,8 @@ def main() -> None:
                     continue
                 spec["width_divisor"] = args.width_divisor
                 record = train_step.run_in_fresh_process(spec, __file__)
-                print(f"{record['name']}: {record['total']}", file=sys.stderr)
+                warmup = f"warm-up {record['warmup_seconds']} s"
+                print(f"{record['name']}: {record['total']}, {warmup}", file=sys.stderr)
                 records.append(record)
     result = {
         "machine": train_step.machine(),

@@ -162,6 +162,7 @@ def build(spec: dict) -> Bench:
     from uda_core.engine import LossLog
     from uda_core.optim import build_optimizer
     from uda_core.plugin import PrepareContext, load_plugins
+    from uda_core.precision import one_cast_per_step
     from uda_methods.registry import method_class
     from uda_methods.run import build_full_model, resolve_config
 
@@ -190,7 +191,7 @@ def build(spec: dict) -> Bench:
     )
     for plugin in plugins.values():
         plugin.prepare(context)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     method = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
     if cfg.runtime.compile:
@@ -201,7 +202,8 @@ def build(spec: dict) -> Bench:
     losses = LossLog()
 
     def step(iteration: int) -> None:
-        logs = method.train_step(batch, iteration)
+        with one_cast_per_step():
+            logs = method.train_step(batch, iteration)
         with record_function("phase/optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -49,6 +49,7 @@ def record(host_ops, tmp_path_factory):
 def test_counts_are_positive_and_the_phases_add_up_to_the_step(host_ops, record):
     total = record["total"]
     assert set(total) == set(host_ops.COUNTS)
+    assert record["warmup_seconds"] > 0  # the warm-up step, timed (compile time if compiled)
     assert all(total[k] > 0 for k in ("dispatches", "aten", "copy_", "modules"))
     assert total["dispatches"] < total["aten"] and total["copy_"] < total["aten"]
     phases = record["phases"]

@@ -4,12 +4,17 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_overrides
 from uda_cli.main import app
+from uda_data.synthetic import ensure_synthetic
+from uda_methods import presets
+from uda_methods.run import resolve_config
 
 runner = CliRunner()
 
@@ -76,11 +81,23 @@ def test_slide_eval_runs(trained_run, tmp_path):
     assert 0 <= json.loads(out.read_text())["mIoU"] <= 1
 
 
-def test_dry_run_validates_and_trains_nothing(tmp_path, synthetic_root):
-    result = uda("train", "--dry-run", "--name", "dry", *tiny_overrides(tmp_path))
+def test_dry_run_validates_and_trains_nothing(tmp_path, monkeypatch):
+    """--dry-run opens the data it would train on and counts it when the embedded domains are
+    on disk, and only names the cache they would be generated in when not (it generates
+    nothing): the result does not depend on whether another test trained first."""
+    sets = tiny_overrides(tmp_path)
+    monkeypatch.setenv("UDA_CACHE_DIR", str(tmp_path / "cache"))
+    result = uda("train", "--dry-run", "--name", "dry", *sets)
     assert result.exit_code == 0, result.output
-    assert "16 source" in result.output and "nothing was trained" in result.output
-    assert not (tmp_path / "dry").exists()
+    assert f"will be generated in {tmp_path / 'cache'}" in result.output
+    assert not any((tmp_path / "cache").glob("synthetic-*"))
+    monkeypatch.undo()  # the session's cache, where other tests may have generated it
+    cfg = resolve_config(presets.DEFAULT_PRESET, None, {}, sets[1::2])
+    ensure_synthetic(cfg.data.synthetic_root(), cfg.data.synthetic)
+    result = uda("train", "--dry-run", "--name", "dry", *sets)
+    assert result.exit_code == 0, result.output
+    assert "16 source, 8 target, 6 val images" in result.output
+    assert "nothing was trained" in result.output and not (tmp_path / "dry").exists()
 
 
 def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
@@ -94,7 +111,7 @@ def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
     [
         (
             ["--method", "nope"],
-            r"unknown method 'nope'; available: dacs, daformer, hrda, mic, source-only",
+            r"unknown method 'nope'; available: (\S+, )*daformer, (\S+, )*source-only",
         ),
         (["--plugin", "nope"], r"unknown plugin 'nope'; available:"),
         (["--set", "optim.lr=-1"], r"optim\.lr: Input should be greater than 0"),
@@ -354,3 +371,36 @@ def test_dry_run_names_an_unwritable_cache_dir(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--dry-run", "--work-dir", str(tmp_path / "w")])
     assert result.exit_code == 2, result.output
     assert str(blocker / "cache") in result.output and "Traceback" not in result.output
+
+
+def test_eval_and_data_synth_name_an_unwritable_cache_dir(trained_run, tmp_path, monkeypatch):
+    """Generating the embedded domains into a cache under a file: one line naming the cache
+    folder, exit 2, before any image is generated or evaluated."""
+    run_dir, _ = trained_run
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ckpt = str(run_dir / "checkpoints" / "iter_000006.pt")
+    out = tmp_path / "eval.json"
+    args = ["eval", ckpt, "--output", str(out), "--set", f"data.cache_dir={blocker / 'cache'}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert str(blocker / "cache") in result.output and len(result.output.splitlines()) == 1
+    assert not out.exists()
+    monkeypatch.setenv("UDA_CACHE_DIR", str(blocker / "cache"))
+    result = runner.invoke(app, ["data", "synth", "--num-source", "2"])
+    assert result.exit_code == 2, result.output
+    assert str(blocker / "cache") in result.output and len(result.output.splitlines()) == 1
+
+
+def test_dispersion_map_names_a_truncated_label_file(tmp_path):
+    """A single-channel label PNG cut short decodes its header fine; reading its pixels
+    fails, and that is one line naming the file (exit 2), not a traceback."""
+    labels, depth = tmp_path / "labels.png", tmp_path / "depth.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 19, (64, 128), np.uint8)).save(labels)
+    Image.fromarray(np.full((64, 128), 128, np.uint8)).save(depth)
+    labels.write_bytes(labels.read_bytes()[:300])
+    args = ["--labels", str(labels), "--depth", str(depth), "--out", str(tmp_path / "m.png")]
+    result = runner.invoke(app, ["dispersion", "map", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot read {labels} as an image")
+    assert len(result.output.splitlines()) == 1 and not (tmp_path / "m.png").exists()

@@ -1,9 +1,15 @@
-"""Speed options train as the reference path does: multi-tensor EMA and AdamW, losses kept on
-the device and read every log interval (issue 16)."""
+"""Speed options train as the reference path does: multi-tensor EMA, fused / multi-tensor
+AdamW, one autocast cast per weight and step, losses kept on the device and read every log
+interval (issue 16)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +22,7 @@ from uda_core.config import OptimConfig
 from uda_core.ema import EMATeacher
 from uda_core.engine import LossLog
 from uda_core.optim import build_optimizer
+from uda_core.precision import one_cast_per_step
 from uda_methods.config import MethodConfig
 from uda_methods.registry import method_class
 
@@ -74,23 +81,145 @@ def test_multi_tensor_ema_keeps_own_buffers_when_asked():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("implementation", ["foreach", "auto"])
+def graded_net() -> nn.Module:
+    """A net whose every parameter has a gradient away from zero. (A bias just before a
+    normalisation, as in ``small_net``, has an exactly zero gradient: what autograd returns
+    is rounding noise, which Adam's normalised update turns into a full ``lr`` step whose
+    sign any reordering of the arithmetic flips.)"""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Tanh())
+
+
+@pytest.mark.parametrize("implementation", ["foreach", "fused", "auto"])
 def test_adamw_implementations_give_the_per_tensor_loops_update(implementation):
-    nets = [small_net(), small_net()]
+    nets = [graded_net(), graded_net()]
     optimizers = [
-        build_optimizer(net, OptimConfig(implementation=kind, lr=1e-2))
+        build_optimizer(net, OptimConfig(implementation=kind, lr=1e-2, weight_decay=0.01))
         for net, kind in zip(nets, ["for-loop", implementation], strict=True)
     ]
     defaults = optimizers[1].defaults
     assert defaults["foreach"] or defaults["fused"]
     image = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
-    for _ in range(3):
+    for _ in range(5):
         for net, optimizer in zip(nets, optimizers, strict=True):
             net(image).square().mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_auto_picks_the_fused_adamw_where_pytorch_has_it(monkeypatch):
+    """PyTorch >= 2.4 has fused AdamW kernels on the CPU and CUDA: one call per group and
+    step, no per-parameter step counters read on the host; elsewhere ``foreach``."""
+    cfg = OptimConfig(implementation="auto")
+    assert build_optimizer(graded_net(), cfg).defaults["fused"]
+    assert build_optimizer(graded_net(), cfg, torch.device("cpu")).defaults["fused"]
+    import torch.utils._foreach_utils as foreach_utils
+
+    monkeypatch.setattr(foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    fallback = build_optimizer(graded_net(), cfg).defaults
+    assert fallback["foreach"] and not fallback["fused"]
+    on_cuda = build_optimizer(graded_net(), cfg, torch.device("cuda")).defaults
+    assert on_cuda["foreach"] and not on_cuda["fused"]  # the parameters are on the CPU still
+
+
+def casts_of_two_autocast_passes(hold: bool) -> tuple[int, list[torch.Tensor]]:
+    """Two bf16 passes of one net, each in its own autocast region with its own backward
+    (as a method's source and mixed passes): ``aten::_to_copy`` calls and the gradients."""
+    from torch.profiler import profile
+
+    net = graded_net()
+    image = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    with profile() as prof, one_cast_per_step() if hold else contextlib.nullcontext():
+        for scale in (1.0, 2.0):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = net(scale * image).float().square().mean()
+            assert not torch.is_autocast_enabled("cpu")  # backward runs without autocast
+            loss.backward()
+    casts = sum(e.name == "aten::_to_copy" for e in prof.events())
+    return casts, [p.grad for p in net.parameters()]
+
+
+def test_one_cast_per_step_casts_each_weight_once_and_keeps_the_gradients():
+    held, held_grads = casts_of_two_autocast_passes(hold=True)
+    fresh, fresh_grads = casts_of_two_autocast_passes(hold=False)
+    weights = 4  # two convolutions' weights and biases, cast at the first pass only
+    assert fresh - held == weights
+    for a, b in zip(held_grads, fresh_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_one_cast_per_step_drops_the_casts_when_the_step_ends():
+    """The optimiser changes the weights between steps: the next step casts them anew."""
+    net, image = graded_net(), torch.randn(1, 3, 9, 9)
+    outputs = []
+    for _ in range(2):
+        with one_cast_per_step(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(net(image))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = graded_net()
+        with torch.no_grad():
+            for p in fresh.parameters():
+                p.add_(1.0)
+        expected = fresh(image)
+    torch.testing.assert_close(outputs[1], expected, rtol=0, atol=0)
+
+
+# Accelerate fixes the precision once per process: the bf16 MIC steps run in a process of
+# their own, with and without the step-wide cast cache, and print what they trained.
+BF16_MIC_STEPS = """
+import contextlib, json, sys
+import torch
+from accelerate import Accelerator
+from tests.methods.test_hrda import tiny_model, uda_batch
+from uda_core.config import OptimConfig
+from uda_core.optim import build_optimizer
+from uda_core.precision import one_cast_per_step
+from uda_methods.config import MethodConfig
+from uda_methods.registry import method_class
+
+accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+out = {}
+for hold in (True, False):
+    cfg = MethodConfig(name="mic", mic_base="daformer", mic_mask_block=8)
+    model = tiny_model(cfg)
+    optimizer = build_optimizer(model, OptimConfig())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    method = method_class("mic")(model, accelerator, cfg, {})
+    torch.manual_seed(1)
+    logs = []
+    for iteration in range(3):
+        with one_cast_per_step() if hold else contextlib.nullcontext():
+            step = method.train_step(uda_batch(), iteration)
+        logs.append({k: float(v) for k, v in step.items()})
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(iteration)
+    weights = {**model.state_dict(), **method.teacher.model.state_dict()}
+    sums = {k: [float(v.double().sum()), float(v.double().abs().sum())] for k, v in weights.items()}
+    out[hold] = {"logs": logs, "weights": sums}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # about 20 s on 2 idle cores
+def test_bf16_mic_steps_with_one_cast_per_step_equal_those_without():
+    """The cached bf16 copy of a weight holds what a fresh cast gives (the weights do not
+    change within a step), so three MIC steps train the same student and teacher, bit for
+    bit, with the cast cache held over the step (the engine's) and without (before)."""
+    root = Path(__file__).parents[2]
+    command = [sys.executable, "-c", BF16_MIC_STEPS]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    held, fresh = runs["true"], runs["false"]
+    assert held["logs"][0].keys() >= {"src.seg", "mix.seg", "mask.seg"}
+    assert held["logs"] == fresh["logs"]
+    assert held["weights"] == fresh["weights"]
 
 
 def test_loss_log_sums_on_the_device_and_reads_the_means_once(monkeypatch):

@@ -76,7 +76,7 @@ def describe(file: CheckpointFile) -> list[tuple[str, str]]:
 
 
 @app.command("info")
-@friendly_errors
+@friendly_errors("nothing was changed")
 def info_command(
     checkpoint: Annotated[Path, typer.Argument(help="Any checkpoint file: ours or published.")],
     copy: Annotated[
@@ -97,7 +97,7 @@ def info_command(
 
 
 @app.command("import")
-@friendly_errors
+@friendly_errors("--out was not written; run the command again")
 def import_command(
     checkpoint: Annotated[Path, typer.Argument(help="A published or reference training file.")],
     out: Annotated[Path, typer.Option(help="Our checkpoint to write (e.g. RUN.pt).")],

@@ -61,7 +61,7 @@ def _print_examples(lines: list[str], style: str = "") -> None:
 
 
 @app.command("synth")
-@friendly_errors
+@friendly_errors("the domains were not finished; run the command again to generate them")
 def synth_command(
     root: Annotated[
         Path | None, typer.Option(help="Output folder (default: <cache>/synthetic-<seed>).")
@@ -138,7 +138,7 @@ Conditions = Annotated[
 
 
 @app.command("stats")
-@friendly_errors
+@friendly_errors("no statistics were written; run the command again")
 def stats_command(
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
     layout: Annotated[
@@ -201,7 +201,7 @@ _CACHE_DIR_HELP = "Where to keep class statistics if the root is read-only (defa
 
 
 @app.command("convert")
-@friendly_errors
+@friendly_errors("the labels converted so far are kept; run the same command again to go on")
 def convert_command(
     layout: Annotated[LayoutName, typer.Argument(help="Layout of the release.")],
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
@@ -295,7 +295,7 @@ def _report_conversion(plan: ConversionPlan, results: list[LabelResult], seconds
 
 
 @app.command("check")
-@friendly_errors
+@friendly_errors("the check did not finish; run the command again")
 def check_command(
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
     layout: Annotated[
@@ -371,7 +371,7 @@ def _check_table(report: DatasetCheck) -> Table:
 
 
 @app.command("depth")
-@friendly_errors
+@friendly_errors("the depth maps written so far are kept; run the same command again to go on")
 def depth_command(
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
     layout: Annotated[

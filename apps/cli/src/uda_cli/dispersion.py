@@ -67,7 +67,7 @@ def _group() -> None:
 
 
 @app.command("map")
-@friendly_errors
+@friendly_errors("nothing was written; run the command again")
 def map_command(
     labels: Annotated[Path, typer.Option(help="trainId label PNG (255 = ignore).")],
     depth: Annotated[Path, typer.Option(help="Depth map of the same size (PNG, or .npy if raw).")],
@@ -165,7 +165,9 @@ def _open_image(path: Path, flag: str) -> Image.Image:
     if not path.is_file():
         raise MapInputError(f"{path} not found; pass an existing file with {flag}")
     try:
-        return Image.open(path)
+        image = Image.open(path)
+        image.load()  # decodes it all: a truncated file fails here, not as a wrong mode
+        return image
     except (UnidentifiedImageError, OSError) as exc:
         raise MapInputError(f"cannot read {path} as an image ({exc}); pass a PNG") from None
 
@@ -199,7 +201,7 @@ def _read_depth(path: Path, encoding: str) -> np.ndarray:
 
 
 @app.command("pretrain")
-@friendly_errors
+@friendly_errors("run the same command again to go on from its last checkpoint")
 def pretrain_command(
     preset: Annotated[
         str, typer.Option(help=f"Run config whose data to use: {', '.join(sorted(PRESETS))}.")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +21,7 @@ from uda_cli import __version__
 from uda_cli.checkpoint import app as checkpoint_app
 from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
-from uda_cli.errors import friendly_errors
+from uda_cli.errors import REPORTS, friendly_errors, print_reports, stderr
 from uda_cli.predict import Copy, CopyOption, PresetOption, predict_command
 from uda_core.checkpoint import load_checkpoint
 from uda_core.config import RuntimeConfig, apply_overrides
@@ -30,7 +32,7 @@ from uda_data.errors import write_error
 from uda_data.layouts import detect_layout
 from uda_data.synthetic import is_complete
 from uda_methods import presets, registry
-from uda_methods.published import published_line
+from uda_methods.published import published_line, published_target_line
 from uda_methods.published_files import (
     CheckpointFile,
     init_config,
@@ -104,7 +106,7 @@ def _flags(**values: Any) -> dict[str, Any]:
 
 
 @app.command("train")
-@friendly_errors
+@friendly_errors("nothing was trained")
 def train_command(
     preset: Annotated[
         str | None,
@@ -266,13 +268,41 @@ def _launch(num_processes: int, name: str | None) -> None:
     if name is not None:
         argv += ["--name", name]
     launcher = ["--standalone", f"--nproc-per-node={num_processes}", "--module", "uda_cli.main"]
-    try:
-        run(get_args_parser().parse_args([*launcher, *argv]))
-    except ChildFailedError as exc:
-        raise typer.Exit(max(exc.get_first_failure()[1].exitcode, 1)) from None
-    except SignalException as exc:  # the launcher was signalled; its processes saved and said so
-        code = INTERRUPTED_EXIT if exc.sigval == signal.SIGINT else PREEMPTED_EXIT
-        raise typer.Exit(code) from None
+    _quiet_launcher()
+    with tempfile.TemporaryDirectory(prefix="uda-launch-") as reports:
+        os.environ[REPORTS] = reports
+        try:
+            run(get_args_parser().parse_args([*launcher, *argv]))
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = print_reports(Path(reports))
+            if code is None:
+                stderr.print(
+                    f"[bold red]error:[/] process {rank} of {num_processes} ended with "
+                    f"{_how_it_ended(failure.exitcode)} before it could say why"
+                )
+            raise typer.Exit(code or 1) from None
+        except SignalException as exc:  # the launcher was signalled, and so were they
+            code = print_reports(Path(reports))
+            if code is None:
+                code = INTERRUPTED_EXIT if exc.sigval == signal.SIGINT else PREEMPTED_EXIT
+            raise typer.Exit(code) from None
+        finally:
+            del os.environ[REPORTS]
+
+
+def _quiet_launcher() -> None:
+    """torch.distributed.run logs which process it signals and which failed; the processes'
+    own reports (see ``uda_cli.errors``) say it in one line instead."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _how_it_ended(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"signal {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -312,7 +342,7 @@ def _synthetic_ready(cfg) -> bool:
 
 
 @app.command("eval")
-@friendly_errors
+@friendly_errors("no results were written; run the command again")
 def eval_command(
     checkpoint: Annotated[
         Path, typer.Argument(help="A checkpoint of `uda train`, or a published file.")
@@ -360,10 +390,8 @@ def eval_command(
     iteration = state.get("iteration", state.get("iter"))
     console.print(report.table(f"{checkpoint} (iteration {iteration or '?'})"))
     console.print(f"mIoU {100 * report.miou:.2f}")
+    _print_if(published_line(cfg.preset, cfg.method.name, list(cfg.plugins), report.as_dict()))
     targets = _extra_targets(model, cfg, report)
-    line = published_line(cfg.preset, cfg.method.name, list(cfg.plugins), report.as_dict())
-    if line is not None:
-        console.print(line)
     result = {
         "checkpoint": str(checkpoint),
         "iteration": iteration,
@@ -381,15 +409,24 @@ def _extra_targets(model, cfg, report) -> dict[str, dict[str, float]]:
     if not cfg.data.extra_val:
         return {}
     targets = {f"{cfg.data.val.layout}:{cfg.data.val.root}": report.as_dict()}
+    run = (cfg.preset, cfg.method.name, list(cfg.plugins))
     for dataset in cfg.data.extra_val:
         data = cfg.data.model_copy(update={"val": dataset})
         extra = evaluate(model, cfg.model_copy(update={"data": data}))
         name = f"{dataset.layout}:{dataset.root}"
         console.print(extra.table(f"{name} ({dataset.split})"))
         console.print(f"mIoU {100 * extra.miou:.2f} ({name})")
+        _print_if(published_target_line(*run, dataset.layout, extra.as_dict()))
         targets[name] = extra.as_dict()
-    console.print(f"mean mIoU over {len(targets)} targets {100 * _mean_miou(targets):.2f}")
+    mean = _mean_miou(targets)
+    console.print(f"mean mIoU over {len(targets)} targets {100 * mean:.2f}")
+    _print_if(published_target_line(*run, "mean", {"mean_mIoU": mean}))
     return targets
+
+
+def _print_if(line: str | None) -> None:
+    if line is not None:
+        console.print(line)
 
 
 def _mean_miou(targets: dict[str, dict[str, float]]) -> float:

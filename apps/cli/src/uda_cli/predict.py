@@ -239,7 +239,7 @@ def exact_float32() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-@friendly_errors
+@friendly_errors("the pictures written so far are kept; run the command again for all of them")
 def predict_command(
     checkpoint: Annotated[
         Path, typer.Argument(help="A checkpoint of `uda train`, or a published file.")

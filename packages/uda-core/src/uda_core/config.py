@@ -32,8 +32,14 @@ class Section(BaseModel):
 
 
 class OptimConfig(Section):
-    """AdamW with a learning-rate multiplier for the decoder."""
+    """AdamW (or SGD) with a learning-rate multiplier for the decoder."""
 
+    kind: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="Optimiser: adamw, or sgd with momentum (the references' DeepLabV2 "
+        "AdvSeg/MinEnt runs: schedules/sgd.py, lr 0.0025, momentum 0.9, weight decay 5e-4).",
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (kind: sgd).")
     lr: float = Field(6e-5, gt=0, le=1, description="Base learning rate (encoder).")
     decoder_lr_mult: float = Field(
         10.0, gt=0, description="Learning-rate multiplier of the decoder."
@@ -52,7 +58,8 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     implementation: Literal["auto", "foreach", "fused", "for-loop"] = Field(
         "auto",
-        description="AdamW kernel: auto (fused on CUDA, else foreach), foreach "
+        description="AdamW kernel: auto (fused where PyTorch has it for the device: CPU and "
+        "CUDA since 2.4; else foreach), foreach "
         "(multi-tensor), fused (one kernel per group), for-loop (per tensor, as the reference's "
         "PyTorch); the same update within float rounding.",
     )

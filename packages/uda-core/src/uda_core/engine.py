@@ -57,6 +57,7 @@ from uda_core.evaluation import Evaluator, IoUReport
 from uda_core.logging import MetricsLog, TrainProgress, console
 from uda_core.method import Method, UDABatch
 from uda_core.optim import build_optimizer, build_scheduler
+from uda_core.precision import one_cast_per_step
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 """Signals that make training save a checkpoint after the current iteration and stop."""
@@ -263,7 +264,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(rt.seed)
         model = self._build_student(accelerator)
-        optimizer = build_optimizer(model, self.optim)
+        optimizer = build_optimizer(model, self.optim, accelerator.device)
         scheduler = build_scheduler(optimizer, rt.iterations, self.schedule)
         model, optimizer = accelerator.prepare(model, optimizer)
         method = self.build_method(model, accelerator)
@@ -321,7 +322,8 @@ class Trainer:
                 method.debug = (
                     is_main and rt.debug_interval > 0 and (iteration + 1) % rt.debug_interval == 0
                 )
-                losses.add(method.train_step(batch, iteration))
+                with one_cast_per_step():  # each weight cast to bf16/fp16 once per step
+                    losses.add(method.train_step(batch, iteration))
                 if self.optim.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), self.optim.grad_clip)
                 optimizer.step()

@@ -64,25 +64,42 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over ``parameter_groups``, in the implementation ``optim.implementation`` names.
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """AdamW (``optim.kind: sgd``: SGD with momentum and coupled weight decay, PyTorch's and
+    mmcv's ``SGD``) over ``parameter_groups``, in the implementation ``optim.implementation``
+    names.
 
-    ``auto``: the fused kernel when every parameter is on a CUDA device, else the multi-tensor
-    (``foreach``) one (PyTorch's fused CPU kernel gave another update in our test); ``for-loop``
-    is PyTorch's per-tensor loop (the reference's PyTorch 1.7 had no other). They compute the
-    same update within float rounding.
+    ``auto``: the fused kernel (one per group and step, step counters on the device) where
+    this PyTorch has one for the parameters' device and ``device`` (the one they will train
+    on, if they are still elsewhere): CPU and CUDA since PyTorch 2.4; else the multi-tensor
+    (``foreach``) one. ``for-loop`` is PyTorch's per-tensor loop (the reference's PyTorch 1.7
+    had no other). They compute the same update within float rounding.
     """
     groups = parameter_groups(model, cfg)
     kind = cfg.implementation
     if kind == "auto":
-        on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
-        kind = "fused" if on_cuda else "foreach"
+        devices = {p.device.type for g in groups for p in g["params"]}
+        devices |= {torch.device(device).type} if device is not None else set()
+        kind = "fused" if devices <= _fused_devices() else "foreach"
     options = {
         "for-loop": {"foreach": False},
         "foreach": {"foreach": True},
         "fused": {"fused": True},
     }
+    if cfg.kind == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **options[kind])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **options[kind])
+
+
+def _fused_devices() -> set[str]:
+    """Device types with PyTorch's fused optimiser kernels (none where it cannot say)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return set()
+    return set(_get_fused_kernels_supported_devices())
 
 
 def lr_factor(iteration: int, total: int, cfg: ScheduleConfig) -> float:

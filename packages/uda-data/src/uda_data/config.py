@@ -14,7 +14,7 @@ from uda_data.depth import DepthEncoding
 from uda_data.layouts import LAYOUTS, LayoutName
 from uda_data.rcs import Progress, RareClassSampler, class_stats_path, load_or_compute
 from uda_data.synthetic import SynthSpec, ensure_synthetic
-from uda_data.transforms import ResizeMode
+from uda_data.transforms import PhotoMetricDistortion, ResizeMode
 
 SYNTHETIC_PREFIX = "@synthetic/"
 Pixels = Annotated[int, Field(gt=0)]
@@ -121,6 +121,11 @@ class DataConfig(_Section):
         0.75, gt=0, le=1, description="Max share of one class in a source crop."
     )
     flip_prob: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    source_photometric: bool = Field(
+        False,
+        description="mmseg's PhotoMetricDistortion on each source crop (brightness, contrast,"
+        " saturation, hue; the DG branch's gtaCAug pipelines, gta-dg presets).",
+    )
     batch_size: int = Field(
         2, ge=1, description="Source (and target) images per iteration and process."
     )
@@ -193,6 +198,7 @@ def source_pipeline(data: DataConfig) -> TrainPipeline:
         data.cat_max_ratio,
         data.flip_prob,
         resize_mode=data.resize_mode,
+        photometric=PhotoMetricDistortion() if data.source_photometric else None,
     )
 
 

@@ -23,6 +23,7 @@ from uda_data.errors import DataError
 from uda_data.files import read_depth, read_image, read_label
 from uda_data.layouts import CITYSCAPES, GTA, LAYOUTS, SYNTHIA, Folders, Layout
 from uda_data.transforms import (
+    PhotoMetricDistortion,
     ResizeMode,
     Sample,
     Size,
@@ -220,6 +221,8 @@ class TrainPipeline:
     reference pads its ``valid_pseudo_mask`` (HRDA's pseudo-label margins)."""
     resize_mode: ResizeMode = "keep_ratio"
     """How ``resize`` is read (``uda_data.transforms.ResizeMode``)."""
+    photometric: PhotoMetricDistortion | None = None
+    """Colour distortion of the final crop, before normalising (the DG branch's source)."""
 
     def _crop_and_flip(self, sample: Sample, rng: np.random.Generator) -> Sample:
         cropped = random_crop(sample, self.crop, rng, self.cat_max_ratio)
@@ -243,6 +246,8 @@ class TrainPipeline:
                 if (out.dense["label"] == rare_class).sum() > min_class_pixels:
                     break
                 out = self._crop_and_flip(sample, rng)
+        if self.photometric is not None:
+            out = self.photometric(out, rng)
         return to_tensors(pad(normalize(out), self.crop))
 
 

@@ -193,3 +193,66 @@ def to_tensors(sample: Sample) -> dict[str, torch.Tensor]:
         tensor = torch.from_numpy(np.ascontiguousarray(value))
         out[key] = tensor.long() if key == "label" else tensor.float()
     return out
+
+
+@dataclass(frozen=True)
+class PhotoMetricDistortion:
+    """mmseg's ``PhotoMetricDistortion`` with its defaults (HRDA ``dg`` branch
+    ``mmseg/datasets/pipelines/transforms.py:781-887``), which the DG branch's ``gtaCAug``
+    source pipelines run after the crop and flip (``uda_gtaCAug_to_cityscapes_512x512.py:18``).
+
+    Each step runs when ``randint(2)`` draws 1, on the uint8 image (``convert``: float32
+    ``x * alpha + beta``, clipped to [0, 255], truncated to uint8): brightness ``beta ~
+    U(-32, 32)``; then a mode ``randint(2)``: 1 puts the contrast (``alpha ~ U(0.5, 1.5)``)
+    here, 0 after the hue; saturation (OpenCV HSV, S channel ``convert``-ed with ``alpha ~
+    U(0.5, 1.5)``); hue (H plus ``randint(-18, 18)``, upper bound excluded, modulo 180).
+    Ours takes RGB images: OpenCV's RGB<->HSV on them equals the reference's BGR<->HSV on
+    BGR images.
+    """
+
+    brightness_delta: int = 32
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: int = 18
+
+    @staticmethod
+    def convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        """``x * alpha + beta`` in float32, clipped to [0, 255], truncated to uint8."""
+        out = image.astype(np.float32) * np.float32(alpha) + np.float32(beta)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def _brightness(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            delta = self.brightness_delta
+            return self.convert(image, beta=rng.uniform(-delta, delta))
+        return image
+
+    def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            return self.convert(image, alpha=rng.uniform(*self.contrast_range))
+        return image
+
+    def _saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+            hsv[:, :, 1] = self.convert(hsv[:, :, 1], alpha=rng.uniform(*self.saturation_range))
+            return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        return image
+
+    def _hue(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+            shift = int(rng.integers(-self.hue_delta, self.hue_delta))
+            hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + shift) % 180
+            return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        return image
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image = self._brightness(sample.image, rng)
+        contrast_first = rng.integers(2) == 1
+        if contrast_first:
+            image = self._contrast(image, rng)
+        image = self._hue(self._saturation(image, rng), rng)
+        if not contrast_first:
+            image = self._contrast(image, rng)
+        return Sample(image, sample.dense, sample.name)

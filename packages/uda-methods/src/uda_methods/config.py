@@ -17,7 +17,8 @@ class ModelConfig(Section):
     encoder: str = Field(
         "resnet18",
         min_length=1,
-        description="Encoder: mit_b0..mit_b5, resnet101 (dilated) or a timm features_only name.",
+        description="Encoder: mit_b0..mit_b5, resnet101 or resnet101_v1c (dilated) or a timm "
+        "features_only name.",
     )
     decoder: str = Field("light", min_length=1, description="Decoder: light, daformer, deeplabv2.")
     channels: int | None = Field(
@@ -32,6 +33,19 @@ class ModelConfig(Section):
     )
     timm_pretrained: bool = Field(
         False, description="Download timm's ImageNet weights (needs a hub; not for MiT)."
+    )
+    style_hallucination: float | None = Field(
+        None,
+        gt=0,
+        description="SHADE's style hallucination after the encoder's first stage, in training:"
+        " Dirichlet concentration of the base-style weights (gta-dg presets: 0.0156, HRDA dg"
+        " experiments.py:275-279); None: off.",
+    )
+    deeplabv2_dilations: tuple[int, ...] = Field(
+        (6, 12, 18, 24),
+        min_length=1,
+        description="deeplabv2: dilations of the summed classifier convolutions (published UDA "
+        "baselines: 6, 12, AdaptSegNet's early return, MIC deeplabv2red_r50-d8.py:8-12).",
     )
     decoder_init: Literal["mmcv", "normal", "pytorch"] = Field(
         "pytorch",
@@ -66,6 +80,21 @@ class MethodConfig(Section):
         (6, 7, 11, 12, 13, 14, 15, 16, 17, 18), description="Classes the feature distance covers."
     )
     fd_min_ratio: float = Field(0.75, gt=0, le=1, description="Min class share of a feature cell.")
+    style_consistency_lambda: float = Field(
+        0.0,
+        ge=0,
+        description="SHADE (dg-daformer, dg-hrda): weight of the consistency between the logits"
+        " of the original and the style-hallucinated images (gta-dg presets: 10).",
+    )
+    style_interval: int = Field(
+        4000,
+        ge=1,
+        description="SHADE: base styles recomputed from one pass over the source set at"
+        " iteration 0 and every this many iterations (HRDA dg experiments.py:280-284).",
+    )
+    style_batch_size: int = Field(
+        2, ge=1, description="SHADE: source images per batch of that pass (last partial dropped)."
+    )
 
     # Where ours differs from the reference on purpose: the published presets name the
     # reference's value; the defaults keep ours, so saved run configs rerun as they ran.
@@ -154,8 +183,10 @@ class MethodConfig(Section):
         "detail-scale term); per-branch (ours): every weighted branch's (fused, detail, "
         "context), each scaled like its segmentation loss.",
     )
-    mic_base: Literal["hrda", "daformer"] = Field(
-        "hrda", description="MIC: the method it extends (hrda, or daformer at one resolution)."
+    mic_base: Literal["hrda", "daformer", "advseg", "minent"] = Field(
+        "hrda",
+        description="MIC: the method it extends (hrda; daformer at one resolution; advseg or "
+        "minent, which get an EMA teacher of MIC's own, as MIC experiments.py id 81 runs them).",
     )
     mic_mask_block: int = Field(64, ge=1, description="MIC: side of the square mask blocks (px).")
     mic_mask_ratio: float = Field(0.7, ge=0, lt=1, description="MIC: share of blocks masked.")
@@ -177,10 +208,41 @@ class MethodConfig(Section):
         "(Cityscapes -> ACDC and Dark Zurich, experiments.py:401-405).",
     )
 
+    # AdvSeg (Tsai et al., CVPR 2018) and MinEnt (Vu et al., CVPR 2019) as the MIC reference
+    # runs them (seg/configs/_base_/uda/advseg.py, minent.py); defaults are published.
+    adv_lambda: float = Field(
+        0.001, ge=0, description="AdvSeg: weight of the generator's adversarial loss on target."
+    )
+    adv_loss: Literal["least-squares", "bce"] = Field(
+        "least-squares",
+        description="AdvSeg: discriminator loss, least-squares (published: discriminator_type "
+        "'LS', MSE) or bce (AdaptSegNet's 'Vanilla', BCE with logits).",
+    )
+    disc_lr: float = Field(1e-4, gt=0, description="AdvSeg: discriminator's Adam learning rate.")
+    disc_lr_power: float = Field(
+        0.9, gt=0, description="AdvSeg: power of the discriminator's poly learning-rate decay."
+    )
+    disc_lr_min: float = Field(
+        0.0, ge=0, description="AdvSeg: learning rate the discriminator's decay ends at."
+    )
+    disc_lr_iterations: int | None = Field(
+        None,
+        ge=1,
+        description="AdvSeg: iterations N of the discriminator's decay (1 - i/N)^power; None: "
+        "runtime.iterations (the reference's max_iters).",
+    )
+    disc_betas: tuple[float, float] = Field(
+        (0.9, 0.99), description="AdvSeg: the discriminator's Adam betas."
+    )
+    ent_lambda: float = Field(
+        0.001, ge=0, description="MinEnt: weight of the normalised entropy of the target."
+    )
+
     @property
     def multi_resolution(self) -> bool:
-        """Whether the method trains HRDA's multi-resolution model (hrda, mic on hrda)."""
-        return self.name == "hrda" or (self.name == "mic" and self.mic_base == "hrda")
+        """Whether the method trains HRDA's multi-resolution model (hrda, dg-hrda, mic on
+        hrda)."""
+        return self.name in ("hrda", "dg-hrda") or (self.name == "mic" and self.mic_base == "hrda")
 
     @field_validator("hrda_detail_crop", "hrda_slide_stride")
     @classmethod

@@ -319,6 +319,212 @@ def darkzurich_mic() -> RunConfig:
     return _separate_masking(_from_cityscapes(mic(), DARK_ZURICH, 2))
 
 
+DG_TARGETS = [
+    DatasetConfig(layout="bdd100k", root="data/bdd100k", split="val"),
+    DatasetConfig(layout="mapillary", root="data/mapillary", split="validation"),
+]
+"""The unseen domains a DG run is scored on besides Cityscapes val (HRDA dg ``tools/test.py``
+``--dataset BDD100K``, ``--dataset Mapillary``: their val splits through the config's test
+pipeline, so resized like Cityscapes val)."""
+
+DG_SHADE: dict[str, Any] = {
+    "style_consistency_lambda": 10.0,
+    "style_interval": 4000,
+    "style_batch_size": 2,
+}
+"""SHADE as the published DG runs train it (HRDA dg ``experiments.py:271-284``, with
+``shade=True`` in both runs of id 50, ``experiments.py:601-603``): consistency weight 10,
+base styles refreshed every 4000 iterations from the source set in batches of 2; the
+hallucination's Dirichlet concentration 0.0156 is ``model.style_hallucination``."""
+
+
+def _domain_generalisation(cfg: RunConfig, method: str) -> RunConfig:
+    """A GTA -> Cityscapes preset trained on GTA alone as HRDA's DG branch does (``experiments.
+    py`` id 50): DACS in source-only mode (``dacs_fdthings_srconly.py``: the thing-class
+    feature distance kept), rare class sampling, the ``gtaCAug`` source pipeline (mmseg's
+    ``PhotoMetricDistortion`` after the crop, ``uda_gtaCAug_to_cityscapes_512x512.py:18``),
+    SHADE's style hallucination and consistency (``DG_SHADE``); scored on Cityscapes val and,
+    by ``uda eval``, on BDD100K and Mapillary val (``DG_TARGETS``). No target images are
+    read; no pseudo-label margins."""
+    cfg.data = cfg.data.model_copy(
+        update={"source_photometric": True, "extra_val": DG_TARGETS, "pseudo_margins": None}
+    )
+    cfg.model = cfg.model.model_copy(update={"style_hallucination": 0.0156})
+    cfg.method = cfg.method.model_copy(update={"name": method, **DG_SHADE})
+    return cfg
+
+
+def dg_daformer() -> RunConfig:
+    """DAFormer for domain generalisation at 512x512 crops, whole-image inference (HRDA dg
+    ``experiments.py:601``, ``gtaCAug`` 512x512)."""
+    return _domain_generalisation(daformer(), "dg-daformer")
+
+
+def dg_hrda() -> RunConfig:
+    """HRDA for domain generalisation at high resolution with a 384x384 detail crop (HRDA dg
+    ``experiments.py:603``: ``hrda1-384-0.1``, "necessary to fit SHADE into 24 GB"), its
+    detail windows at inference 192 apart (half the crop) and slide inference over 1024x1024
+    windows (``gtaCAugHR`` 1024x1024)."""
+    cfg = _domain_generalisation(hrda(), "dg-hrda")
+    cfg.method = cfg.method.model_copy(
+        update={"hrda_detail_crop": (384, 384), "hrda_slide_stride": (192, 192)}
+    )
+    return cfg
+
+
+# DeepLabV2 (ResNet-101): the classic baselines, and DAFormer, HRDA and MIC on them, as HRDA
+# ``experiments.py`` id 41 (HRDA Table 2) and MIC ``experiments.py`` id 81 (MIC Table 1) run them.
+
+
+def _dlv2_model() -> ModelConfig:
+    """``dlv2red`` + ``r101v1c``: mmseg's ResNetV1c-101 (timm ``resnet101c``), dilated to stride
+    8, and the DeepLabV2 classifier with dilations 6 and 12 only (``deeplabv2red_r50-d8.py``),
+    no dropout (``DLV2Head``: ``dropout_ratio=0``). Its ImageNet weights, the reference's
+    ``open-mmlab://resnet101_v1c``, go to ``model.pretrained``."""
+    return ModelConfig(
+        encoder="resnet101_v1c", decoder="deeplabv2", deeplabv2_dilations=(6, 12), dropout=0.0
+    )
+
+
+DLV2_SGD = OptimConfig(
+    kind="sgd",
+    lr=0.0025,
+    momentum=0.9,
+    weight_decay=5e-4,
+    decoder_lr_mult=1.0,
+    no_decay_norm_and_pos=False,
+)
+"""AdvSeg and MinEnt's optimiser (``sgd = ('sgd', 0.0025, 'poly10warm', False)``,
+``schedules/sgd.py``): SGD, momentum 0.9, weight decay 5e-4 on every parameter, no decoder
+multiplier (``pmult`` False), under the same warm-up + poly schedule."""
+
+DLV2_ADAMW = PUBLISHED_OPTIM.model_copy(update={"no_decay_norm_and_pos": False})
+"""DAFormer/HRDA/MIC's AdamW on a ResNet: the MiT-only custom keys (``pos_block``, ``norm``
+without decay, ``experiments.py:293-295``) do not apply, so BatchNorm decays too."""
+
+
+def _on_dlv2(cfg: RunConfig, optim: OptimConfig) -> RunConfig:
+    cfg.model = _dlv2_model()
+    cfg.optim = optim.model_copy()
+    return cfg
+
+
+def _baseline(method: str) -> RunConfig:
+    """AdvSeg or MinEnt on DeepLabV2 at 512x512 crops (HRDA ``experiments.py:389,391``): the
+    ``gtaCAug`` source (mmseg's ``PhotoMetricDistortion``), no rare class sampling, SGD, the
+    published adversarial / entropy settings (``configs/_base_/uda/advseg.py``, ``minent.py``:
+    least-squares discriminator, Adam 1e-4 with betas (0.9, 0.99) decayed with power 0.9,
+    lambda_adv 0.001; lambda_ent 0.001), mmseg's loss mean over all pixels (the other
+    published settings of the ``daformer`` preset stay, for runs that switch the method)."""
+    cfg = _on_dlv2(daformer(), DLV2_SGD)
+    cfg.data = cfg.data.model_copy(update={"rcs": None, "source_photometric": True})
+    cfg.method = cfg.method.model_copy(
+        update={
+            "name": method,
+            "adv_lambda": 0.001,
+            "adv_loss": "least-squares",
+            "disc_lr": 1e-4,
+            "disc_lr_power": 0.9,
+            "disc_lr_min": 0.0,
+            "disc_betas": (0.9, 0.99),
+            "ent_lambda": 0.001,
+        }
+    )
+    return cfg
+
+
+def dlv2_advseg() -> RunConfig:
+    """AdvSeg on DeepLabV2, GTA -> Cityscapes (HRDA ``experiments.py:389``)."""
+    return _baseline("advseg")
+
+
+def dlv2_minent() -> RunConfig:
+    """MinEnt on DeepLabV2, GTA -> Cityscapes (HRDA ``experiments.py:391``)."""
+    return _baseline("minent")
+
+
+def _mic_on_baseline(base: str) -> RunConfig:
+    """MIC on AdvSeg or MinEnt (MIC ``experiments.py:417-454``): the plain GTA source, an EMA
+    teacher of MIC's own (alpha 0.999, threshold 0.968, no pseudo-label margins: ``plcrop``
+    False), the colour-augmented target masked in 32 px blocks (half of 64 at half the
+    resolution) at ratio 0.7, loss weight 1."""
+    cfg = _baseline(base)
+    cfg.data = cfg.data.model_copy(update={"source_photometric": False})
+    cfg.method = cfg.method.model_copy(
+        update={
+            "name": "mic",
+            "mic_base": base,
+            "ema_alpha": 0.999,
+            "pseudo_threshold": 0.968,
+            "pseudo_ignore_top": 0,
+            "pseudo_ignore_bottom": 0,
+            "mic_mask_mode": "separatetrgaug",
+            "mic_mask_block": 32,
+            "mic_mask_ratio": 0.7,
+            "mic_lambda": 1.0,
+            **PUBLISHED_SELF_TRAINING,
+        }
+    )
+    return cfg
+
+
+def dlv2_advseg_mic() -> RunConfig:
+    """MIC(AdvSeg) on DeepLabV2 (MIC ``experiments.py:430``)."""
+    return _mic_on_baseline("advseg")
+
+
+def dlv2_minent_mic() -> RunConfig:
+    """MIC(MinEnt) on DeepLabV2 (MIC ``experiments.py:431``)."""
+    return _mic_on_baseline("minent")
+
+
+def dlv2_daformer() -> RunConfig:
+    """DAFormer's self-training on DeepLabV2 at 512x512 crops (HRDA ``experiments.py:395``):
+    the ``daformer`` preset with the DeepLabV2 model and AdamW as on a ResNet."""
+    return _on_dlv2(daformer(), DLV2_ADAMW)
+
+
+def dlv2_daformer_mic() -> RunConfig:
+    """MIC(DAFormer) on DeepLabV2 (MIC ``experiments.py:433``): 32 px blocks at 512x512."""
+    cfg = dlv2_daformer()
+    cfg.method = cfg.method.model_copy(
+        update={
+            "name": "mic",
+            "mic_base": "daformer",
+            "mic_mask_block": 32,
+            "mic_mask_ratio": 0.7,
+            "mic_lambda": 1.0,
+        }
+    )
+    return cfg
+
+
+def dlv2_hrda() -> RunConfig:
+    """HRDA on DeepLabV2 (HRDA ``experiments.py:396``: ``hrda1-512-0.1_dlv2red``), the
+    ``hrda`` preset's data and settings; the scale attention is a second DeepLabV2 classifier
+    (``hrda_head.py:66-70``)."""
+    return _on_dlv2(hrda(), DLV2_ADAMW)
+
+
+def dlv2_mic() -> RunConfig:
+    """MIC(HRDA) on DeepLabV2 (MIC ``experiments.py:434``): 64 px blocks, seed 0."""
+    cfg = _on_dlv2(mic(), DLV2_ADAMW)
+    cfg.runtime = cfg.runtime.model_copy(update={"seed": 0})
+    return cfg
+
+
+DLV2_PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "gta2cs-dlv2-advseg": dlv2_advseg,
+    "gta2cs-dlv2-minent": dlv2_minent,
+    "gta2cs-dlv2-advseg-mic": dlv2_advseg_mic,
+    "gta2cs-dlv2-minent-mic": dlv2_minent_mic,
+    "gta2cs-dlv2-daformer": dlv2_daformer,
+    "gta2cs-dlv2-daformer-mic": dlv2_daformer_mic,
+    "gta2cs-dlv2-hrda": dlv2_hrda,
+    "gta2cs-dlv2-mic": dlv2_mic,
+}
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "quick": quick,
     "quick-mit": quick_mit,
@@ -334,9 +540,12 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "cs2darkzurich-daformer": darkzurich_daformer,
     "cs2darkzurich-hrda": darkzurich_hrda,
     "cs2darkzurich-mic": darkzurich_mic,
+    "gta-dg-daformer": dg_daformer,
+    "gta-dg-hrda": dg_hrda,
     "daformer": daformer,
     "hrda": hrda,
     "mic": mic,
+    **DLV2_PRESETS,
 }
 DEFAULT_PRESET = "quick"
 

@@ -4,6 +4,7 @@ GTA5 rows are 19-class mIoU on Cityscapes val; Synthia rows the 16-class mean ov
 Synthia has (published as mIoU19 x 19/16, which is the same number when the 3 missing classes
 score 0). Cityscapes -> ACDC and Dark Zurich rows are the test servers' 19-class mIoU (HRDA
 README table, MIC paper Table 2), while a run scores the val split: the line says so.
+Domain-generalisation rows (``PUBLISHED_DG``) give each unseen target's val mIoU and their mean.
 Sources: the DAFormer, HRDA and MIC papers, HRDA's extension paper (PAMI 2023, which reports
 DAFormer and HRDA on ACDC and Dark Zurich) and the dispersion paper's results table.
 """
@@ -22,6 +23,8 @@ class Published:
     benchmark: str = "GTA5 -> Cityscapes"
     test_server: bool = False
     """The number is the test server's; ours is the val split's."""
+    digits: int = 1
+    """Decimals the source gives (the DG table: 2)."""
 
 
 _GTA, _SYNTHIA = "mIoU", "mIoU16"
@@ -48,6 +51,28 @@ PUBLISHED: dict[tuple[str, bool], Published] = {
     ("cs2darkzurich-mic", False): Published(_GTA, 60.2, "MIC (CVPR 2023)", _DZ, True),
 }
 """No published dispersion runs exist for ACDC and Dark Zurich; those runs print no number."""
+
+
+def _dg(cityscapes: float, bdd100k: float, mapillary: float, mean: float) -> dict[str, Published]:
+    def row(metric: str, miou: float, target: str) -> Published:
+        return Published(metric, miou, _EXTENSION, f"GTA5 -> {target}, DG", digits=2)
+
+    return {
+        "cityscapes": row(_GTA, cityscapes, "Cityscapes"),
+        "bdd100k": row(_GTA, bdd100k, "BDD100K"),
+        "mapillary": row(_GTA, mapillary, "Mapillary"),
+        "mean": row("mean_mIoU", mean, "Cityscapes, BDD100K, Mapillary"),
+    }
+
+
+PUBLISHED_DG: dict[str, dict[str, Published]] = {
+    "gta-dg-daformer": _dg(52.65, 47.89, 54.66, 51.73),
+    "gta-dg-hrda": _dg(57.41, 49.11, 61.16, 55.90),
+}
+"""Domain generalisation from GTA5, val mIoU per unseen target (by layout) and their mean
+(HRDA ``dg`` branch ``README.md:118-119``, from the extension paper; means of three seeds).
+No published dispersion DG runs exist."""
+PUBLISHED |= {(name, False): targets["cityscapes"] for name, targets in PUBLISHED_DG.items()}
 ALIASES = {"daformer": "gta2cs-daformer", "hrda": "gta2cs-hrda", "mic": "gta2cs-mic"}
 
 
@@ -67,7 +92,8 @@ def compare_line(report_values: dict[str, float], published: Published) -> str:
     ours = 100 * report_values[published.metric]
     where = f"{published.benchmark}, test server; ours: val" if published.test_server else ""
     return (
-        f"{published.metric} {ours:.2f}; published {published.miou:.1f} ({published.source}, "
+        f"{published.metric} {ours:.2f}; published {published.miou:.{published.digits}f} "
+        f"({published.source}, "
         f"{where or published.benchmark})"
     )
 
@@ -80,4 +106,19 @@ def published_line(
 ) -> str | None:
     """``compare_line`` for a run that is a published experiment, else None."""
     published = published_result(preset, method, plugins)
+    return None if published is None else compare_line(report_values, published)
+
+
+def published_target_line(
+    preset: str | None,
+    method: str,
+    plugins: list[str] | tuple[str, ...],
+    target: str,
+    report_values: dict[str, float],
+) -> str | None:
+    """``compare_line`` for one target of a published DG run (``target``: a layout, or
+    ``mean`` with ``report_values["mean_mIoU"]``), else None."""
+    if published_result(preset, method, plugins) is None:
+        return None
+    published = PUBLISHED_DG.get(preset or "", {}).get(target)
     return None if published is None else compare_line(report_values, published)

@@ -10,16 +10,25 @@ from torch import nn
 from uda_core.errors import UdaError
 from uda_core.method import Method
 from uda_methods.config import MethodConfig, ModelConfig
+from uda_methods.methods.advseg import AdvSeg, MICAdvSeg
 from uda_methods.methods.daformer import DACS, DAFormer
+from uda_methods.methods.dg import HRDADG, DAFormerDG
 from uda_methods.methods.hrda import HRDA
 from uda_methods.methods.mic import MIC
+from uda_methods.methods.minent import MICMinEnt, MinEnt
 from uda_methods.methods.source_only import SourceOnly
 from uda_methods.models.daformer import DAFormerDecoder
-from uda_methods.models.deeplabv2 import DeepLabV2Decoder, resnet101
+from uda_methods.models.deeplabv2 import (
+    DeepLabV2Attention,
+    DeepLabV2Decoder,
+    resnet101,
+    resnet101_v1c,
+)
 from uda_methods.models.hrda import HRDASegmenter
 from uda_methods.models.light import LightDecoder, TimmEncoder
 from uda_methods.models.mit import mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5
 from uda_methods.models.segmenter import Segmenter
+from uda_methods.models.shade import attach_style_hallucination
 
 METHODS: dict[str, type[Method]] = {
     "source-only": SourceOnly,
@@ -27,6 +36,10 @@ METHODS: dict[str, type[Method]] = {
     "daformer": DAFormer,
     "hrda": HRDA,
     "mic": MIC,
+    "advseg": AdvSeg,
+    "minent": MinEnt,
+    "dg-daformer": DAFormerDG,
+    "dg-hrda": HRDADG,
 }
 
 
@@ -50,6 +63,7 @@ ENCODERS: dict[str, Callable[[ModelConfig], TimmEncoder]] = {
     "mit_b4": _mit(mit_b4),
     "mit_b5": _mit(mit_b5),
     "resnet101": lambda cfg: resnet101(pretrained=cfg.timm_pretrained),
+    "resnet101_v1c": lambda cfg: resnet101_v1c(pretrained=cfg.timm_pretrained),
 }
 
 
@@ -66,6 +80,8 @@ def build_encoder(cfg: ModelConfig) -> TimmEncoder:
         )
     if cfg.pretrained is not None:
         encoder.load_pretrained(cfg.pretrained)
+    if cfg.style_hallucination is not None:
+        attach_style_hallucination(encoder, cfg.style_hallucination)
     return encoder
 
 
@@ -90,7 +106,8 @@ def _deeplabv2(cfg: ModelConfig, num_classes: int) -> nn.Module:
             "last map); leave it unset"
         )
     encoder = build_encoder(cfg)
-    return Segmenter(encoder, DeepLabV2Decoder(encoder.channels, num_classes))
+    decoder = DeepLabV2Decoder(encoder.channels, num_classes, cfg.deeplabv2_dilations)
+    return Segmenter(encoder, decoder)
 
 
 DECODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
@@ -105,10 +122,20 @@ def _unknown(kind: str, name: str, known) -> UdaError:
     return UdaError(f"unknown {kind} {name!r}; available: {listed}")
 
 
-def method_class(name: str) -> type[Method]:
+MIC_ON: dict[str, type[Method]] = {
+    "hrda": MIC,
+    "daformer": MIC,
+    "advseg": MICAdvSeg,
+    "minent": MICMinEnt,
+}
+"""``--method mic`` by ``method.mic_base``: MIC's class for each method it extends."""
+
+
+def method_class(name: str, mic_base: str = "hrda") -> type[Method]:
+    """The class of ``--method name`` (for ``mic``, the one extending ``mic_base``)."""
     if name not in METHODS:
         raise _unknown("method", name, METHODS)
-    return METHODS[name]
+    return MIC_ON[mic_base] if name == "mic" else METHODS[name]
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -125,6 +152,10 @@ def build_method_model(cfg: ModelConfig, method: MethodConfig, num_classes: int)
     model = build_model(cfg, num_classes)
     if not method.multi_resolution:
         return model
+    attention = None
+    if cfg.decoder == "deeplabv2":
+        out = num_classes if method.hrda_attention_classwise else 1
+        attention = DeepLabV2Attention(model.encoder.channels, out, cfg.deeplabv2_dilations)
     return HRDASegmenter(
         model,
         num_classes,
@@ -138,4 +169,5 @@ def build_method_model(cfg: ModelConfig, method: MethodConfig, num_classes: int)
         fusion=method.hrda_fusion,
         aux_fusion=method.hrda_aux_fusion,
         attention_init="pytorch" if cfg.decoder_init == "pytorch" else "mmcv",
+        attention=attention,
     )

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
-from uda_core.checkpoint import RunLock, find_latest, load_checkpoint
+from uda_core.checkpoint import RunLock, find_latest, load_checkpoint, periodic_checkpoints
 from uda_core.config import apply_overrides, load_config_file, merge, validate
 from uda_core.engine import (
     STOP_SIGNALS,
@@ -26,7 +27,7 @@ from uda_core.engine import (
 )
 from uda_core.errors import INTERRUPTED_EXIT, Stopped, UdaError
 from uda_core.evaluation import Evaluator, IoUReport
-from uda_core.method import UDABatch
+from uda_core.method import Method, UDABatch
 from uda_core.plugin import Plugin, PrepareContext, load_plugins
 from uda_data.classes import CLASSES, NUM_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
 from uda_data.config import (
@@ -41,7 +42,7 @@ from uda_data.datasets import SegmentationFolder, UDATrainSet
 from uda_data.errors import DataError
 from uda_data.rcs import RareClassSampler
 from uda_data.transforms import resize, to_tensors
-from uda_methods.config import RunConfig
+from uda_methods.config import MethodConfig, RunConfig
 from uda_methods.presets import plugin_profile, preset
 from uda_methods.published import published_line
 from uda_methods.registry import build_method_model, method_class
@@ -105,8 +106,8 @@ def _without_overrides(
 
 def _validated(data: dict[str, Any], data_root: Path | None) -> RunConfig:
     if data_root is not None:
-        for which in ("source", "target", "val"):
-            dataset = data["data"][which]
+        extra = data["data"].get("extra_val", [])
+        for dataset in [*(data["data"][w] for w in ("source", "target", "val")), *extra]:
             dataset["root"] = str(Path(data_root) / dataset.get("layout", "cityscapes"))
     cfg = validate(RunConfig, data)
     check_across_sections(cfg)
@@ -115,6 +116,17 @@ def _validated(data: dict[str, Any], data_root: Path | None) -> RunConfig:
 
 def check_across_sections(cfg: RunConfig) -> None:
     """Rules between sections, checked at load time (so --dry-run catches them)."""
+    if cfg.method.style_consistency_lambda > 0 and cfg.model.style_hallucination is None:
+        raise UdaError(
+            "config: method.style_consistency_lambda compares original and hallucinated styles;"
+            " set model.style_hallucination (gta-dg presets: 0.0156) or the lambda to 0"
+        )
+    trains_with_styles = getattr(method_class(cfg.method.name), "trains_with_styles", False)
+    if cfg.model.style_hallucination is not None and not trains_with_styles:
+        raise UdaError(
+            f"config: model.style_hallucination doubles the batch inside the encoder, which "
+            f"method {cfg.method.name!r} does not expect; use dg-daformer or dg-hrda, or unset it"
+        )
     if cfg.method.multi_resolution:
         detail, crop = cfg.method.hrda_detail_crop, cfg.data.crop
         if any(d > c for d, c in zip(detail, crop, strict=True)):
@@ -144,7 +156,7 @@ def build_full_model(cfg: RunConfig, plugins: dict[str, Plugin]) -> torch.nn.Mod
 
 
 def check_names(cfg: RunConfig) -> None:
-    method_class(cfg.method.name)
+    method_class(cfg.method.name, cfg.method.mic_base)
     build_full_model(cfg, load_plugins(cfg.plugins))
 
 
@@ -164,14 +176,15 @@ def open_data(cfg: RunConfig, console: Console | None = None) -> RunData:
         if console is not None and (done == total or done % 100 == 0):
             console.print(f"generating the embedded synthetic domains: {done}/{total}")
 
-    needs_target = method_class(cfg.method.name).needs_target
+    method = method_class(cfg.method.name, cfg.method.mic_base)
+    needs_target = method.needs_target
     source = open_folder(
         data, data.source, with_labels=True, with_depth=data.load_depth, progress=progress
     )
     target = None
     if needs_target:
         target = open_folder(data, data.target, with_labels=False, with_depth=data.load_depth)
-    sampler = source_sampler(data, source) if method_class(cfg.method.name).uses_rcs else None
+    sampler = source_sampler(data, source) if method.uses_rcs else None
     return RunData(source, target, make_evaluator(cfg), sampler)
 
 
@@ -343,7 +356,7 @@ def build_trainer(
 ) -> Trainer:
     """The run's trainer; with ``init_weights`` (our model's keys) the network starts from
     them instead of its initialisation (``uda train --init-from``)."""
-    method = method_class(cfg.method.name)
+    method = method_class(cfg.method.name, cfg.method.mic_base)
     plugins = load_plugins(cfg.plugins)
     state = process_state()
     with state.main_process_first():  # the main process alone generates and caches data
@@ -356,11 +369,60 @@ def build_trainer(
         optim=cfg.optim,
         schedule=cfg.schedule,
         build_model=lambda: _initialised(build_full_model(cfg, plugins), init_weights),
-        build_method=lambda model, accelerator: method(model, accelerator, cfg.method, plugins),
+        build_method=lambda model, accelerator: _with_style_source(
+            method(model, accelerator, method_settings(cfg), plugins), cfg, run_data.source
+        ),
         train_batches=train_batches(cfg, run_data),
         evaluator=run_data.evaluator,
         palette=PALETTE,
     )
+
+
+def method_settings(cfg: RunConfig) -> MethodConfig:
+    """``cfg.method`` with the settings that default to another section's value filled in."""
+    if cfg.method.disc_lr_iterations is not None:
+        return cfg.method
+    return cfg.method.model_copy(update={"disc_lr_iterations": cfg.runtime.iterations})
+
+
+def _with_style_source(method: Method, cfg: RunConfig, source: SegmentationFolder) -> Method:
+    """Give a method that hallucinates styles (``dg-daformer``, ``dg-hrda``) its passes over
+    the source set: each image once in a shuffled order, through the source's training
+    transforms drawn anew each pass, ``method.style_batch_size`` a batch, the last partial
+    batch dropped; no rare class sampling (HRDA dg ``train.py:129-150``)."""
+    if getattr(method, "style", None) is None:
+        return method
+    pipeline, size = source_pipeline(cfg.data), cfg.method.style_batch_size
+
+    def passes(number: int) -> torch.utils.data.DataLoader:
+        seed = (cfg.runtime.seed, number)
+        order = np.random.default_rng(seed).permutation(len(source))
+        dataset = _SourcePass(source, pipeline, seed)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=size,
+            sampler=order.tolist(),
+            drop_last=True,
+            num_workers=cfg.data.workers,
+            worker_init_fn=_ignore_stop_signals,
+        )
+
+    method.style_source = passes
+    return method
+
+
+class _SourcePass(torch.utils.data.Dataset):
+    """Source image ``i`` through the training transforms, its randomness from (seed, i)."""
+
+    def __init__(self, folder: SegmentationFolder, pipeline, seed: tuple[int, int]) -> None:
+        self.folder, self.pipeline, self.seed = folder, pipeline, seed
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([*self.seed, index])
+        return self.pipeline(self.folder.load(index), rng)["image"]
 
 
 def _initialised(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None):
@@ -504,6 +566,8 @@ def _kept(trainer, resume: Path | None) -> str:
 
 
 def _resume_hint(run_dir: Path) -> str:
+    if not periodic_checkpoints(run_dir):
+        return f"; no checkpoint was saved yet in {run_dir}, so there is nothing to resume"
     return f"; continue with `uda train --resume latest --work-dir {run_dir}`"
 
 

@@ -43,11 +43,14 @@ class DACS(Method):
 
     name = "dacs"
     uses_feature_distance = False
+    uses_teacher = True
 
     def __init__(self, model, accelerator, cfg, plugins=None) -> None:
         super().__init__(model, accelerator, cfg, plugins)
         student = accelerator.unwrap_model(model)
-        self.teacher = EMATeacher(student, cfg.ema_alpha, cfg.ema_buffers)
+        self.teacher = None
+        if self.uses_teacher:
+            self.teacher = EMATeacher(student, cfg.ema_alpha, cfg.ema_buffers)
         self.imagenet_encoder = None
         if self.uses_feature_distance and cfg.fd_lambda > 0:
             self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
@@ -62,11 +65,16 @@ class DACS(Method):
 
     def _source_step(self, source: Batch) -> dict[str, torch.Tensor]:
         """1. Supervised loss (+ feature distance, + plugin losses) on the source; backward."""
-        losses, output = self._student_losses(source, None, prefix="src.")
-        if self.imagenet_encoder is not None:
-            losses["src.feat_dist"] = self.cfg.fd_lambda * self._feature_distance(output, source)
+        losses, _ = self._source_losses(source)
         self.accelerator.backward(sum(losses.values()))
         return {k: v.detach() for k, v in losses.items()}
+
+    def _source_losses(self, source: Batch) -> tuple[dict[str, torch.Tensor], SegOutput]:
+        losses, output = self._student_losses(source, None, prefix="src.")
+        if self.imagenet_encoder is not None:
+            targets = self._loss_targets(source)
+            losses["src.feat_dist"] = self.cfg.fd_lambda * self._feature_distance(output, targets)
+        return losses, output
 
     def _pseudo_label(self, target: Batch) -> tuple[Batch, torch.Tensor]:
         """2. The target with the teacher's pseudo-labels, the plugins' target-side dense
@@ -121,9 +129,14 @@ class DACS(Method):
         """The student on ``batch["image"]``: (pixel-weighted) segmentation loss and plugin
         losses against the batch's label and dense maps."""
         output = self.model(batch["image"])
+        batch = self._loss_targets(batch)
         losses = {f"{prefix}seg": self._seg_loss(output.logits, batch["label"], pixel_weight)}
         losses |= plugin_losses(self.plugins, output, batch, pixel_weight, prefix=prefix)
         return losses, output
+
+    def _loss_targets(self, batch: Batch) -> Batch:
+        """The labels and dense maps the student's output is scored against (the batch)."""
+        return batch
 
     def _seg_loss(
         self, logits: torch.Tensor, label: torch.Tensor, pixel_weight: torch.Tensor | None
@@ -162,17 +175,21 @@ class DACS(Method):
         return {k: v.detach() for k, v in panels.items()}
 
     def after_optimizer_step(self, iteration: int) -> None:
-        self.teacher.update(self.accelerator.unwrap_model(self.model), iteration + 1)
+        if self.teacher is not None:
+            self.teacher.update(self.accelerator.unwrap_model(self.model), iteration + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict() | {"teacher": self.teacher.model.state_dict()}
+        state = super().state_dict()
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.model.state_dict()
         if self.imagenet_encoder is not None:
             state["imagenet_encoder"] = self.imagenet_encoder.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.teacher.model.load_state_dict(state["teacher"])
+        if self.teacher is not None:
+            self.teacher.model.load_state_dict(state["teacher"])
         if self.imagenet_encoder is not None and "imagenet_encoder" in state:
             self.imagenet_encoder.load_state_dict(state["imagenet_encoder"])
 

@@ -57,6 +57,7 @@ class HRDA(DAFormer):
             last_offset=cfg.hrda_detail_last_offset,
         )
         output = self.model(batch["image"], detail_box=box)
+        batch = self._loss_targets(batch)
         detail_batch = {k: box.crop(v) for k, v in batch.items()}
         detail_weight = None if pixel_weight is None else box.crop(pixel_weight)
         branches = [

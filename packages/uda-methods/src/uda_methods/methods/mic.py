@@ -13,7 +13,9 @@ masked out, which forces it to use context:
    ``mic_mask_mode: separate`` (the reference's Cityscapes -> ACDC and Dark Zurich runs) the
    masked batch is half source (its labels, weight 1) and half target, not augmented.
 
-``method.mic_base`` picks the base: ``hrda`` (the published MIC) or ``daformer``.
+``method.mic_base`` picks the base: ``hrda`` (the published MIC) or ``daformer``; ``advseg``
+and ``minent`` (``uda_methods.methods.advseg``, ``minent``) take the masked step from
+``MaskedConsistency`` with an EMA teacher of their own.
 """
 
 from __future__ import annotations
@@ -27,19 +29,8 @@ from uda_methods.methods.hooks import Batch, add_source_targets, plugin_logs
 from uda_methods.methods.hrda import HRDA
 
 
-class MIC(HRDA):
-    """HRDA (or DAFormer, with ``mic_base: daformer``) + masked image consistency."""
-
-    name = "mic"
-
-    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
-        source = add_source_targets(self.plugins, batch.source)
-        logs = self._source_step(source)
-        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
-        logs |= plugin_logs(self.plugins)
-        logs |= self._mixed_step(source, target)
-        logs |= self._masked_step(source, target)
-        return logs
+class MaskedConsistency:
+    """MIC's masked step, for a method with an EMA teacher's pseudo-labels (a ``DACS``)."""
 
     def _masked_step(self, source: Batch, target: Batch) -> dict[str, torch.Tensor]:
         """5. The pseudo-labelled target (``separate``: half source, half target),
@@ -68,6 +59,21 @@ class MIC(HRDA):
                 "masked prediction": output.logits.argmax(1).detach(),
             }
         return {k: v.detach() for k, v in losses.items()}
+
+
+class MIC(MaskedConsistency, HRDA):
+    """HRDA (or DAFormer, with ``mic_base: daformer``) + masked image consistency."""
+
+    name = "mic"
+
+    def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
+        source = add_source_targets(self.plugins, batch.source)
+        logs = self._source_step(source)
+        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
+        logs |= plugin_logs(self.plugins)
+        logs |= self._mixed_step(source, target)
+        logs |= self._masked_step(source, target)
+        return logs
 
 
 def separate_batch(source: Batch, target: Batch) -> Batch:

@@ -215,7 +215,8 @@ class HRDASegmenter(Segmenter):
     runs the detail branch over overlapping windows of ``detail_crop`` (stride
     ``slide_stride``, default half the window) and fuses everywhere (pseudo-labels, eval).
     ``fusion`` and ``aux_fusion``: see the module docstring; ``attention_init`` the
-    scale-attention head's initialisation (``models.daformer.init_head``).
+    scale-attention head's initialisation (``models.daformer.init_head``); ``attention`` a
+    head of another kind (encoder features -> sigmoid maps) instead of ``ScaleAttentionHead``.
     """
 
     def __init__(
@@ -232,6 +233,7 @@ class HRDASegmenter(Segmenter):
         fusion: Fusion = "upsample-then-weight",
         aux_fusion: AuxFusion = "fused",
         attention_init: HeadInit = "pytorch",
+        attention: nn.Module | None = None,
     ) -> None:
         super().__init__(segmenter.encoder, segmenter.decoder)
         self.heads = segmenter.heads
@@ -241,13 +243,15 @@ class HRDASegmenter(Segmenter):
         self.batched_slide = batched_slide
         self.fusion = fusion
         self.aux_fusion = aux_fusion
-        self.scale_attention = ScaleAttentionHead(
-            segmenter.encoder.channels,
-            num_classes if attention_classwise else 1,
-            attention_channels,
-            dropout,
-            attention_init,
-        )
+        if attention is None:
+            attention = ScaleAttentionHead(
+                segmenter.encoder.channels,
+                num_classes if attention_classwise else 1,
+                attention_channels,
+                dropout,
+                attention_init,
+            )
+        self.scale_attention = attention
 
     def forward(self, image: torch.Tensor, detail_box: Box | None = None) -> HRDAOutput:
         context_image = F.interpolate(
