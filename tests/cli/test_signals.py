@@ -164,7 +164,7 @@ def test_sigterm_ends_predict_in_one_line_without_temporary_files(
     proc = start(
         "predict", str(checkpoint), str(many_val_images / "leftImg8bit"), "--out", str(out)
     )
-    wait_for(lambda: any(out.glob("*.png")), proc)
+    wait_for(lambda: any(out.rglob("*.png")), proc)
     err = signal_and_wait(proc, signal.SIGTERM)
     assert proc.returncode == TERMINATED_EXIT, err
     assert err == (
