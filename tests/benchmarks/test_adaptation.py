@@ -76,3 +76,19 @@ def test_summary_only_prints_and_writes_the_named_runs(tmp_path):
     assert "| mic+dispersion | 1 | 25.00 ± 0.00 | 25.00 | - |" in result.stdout
     assert "| mic |" not in result.stdout
     assert list(json.loads((tmp_path / "adaptation.json").read_text())) == ["mic+dispersion"]
+
+
+def test_the_published_behaviour_table_in_results_is_what_the_committed_records_give(
+    adaptation,
+):
+    """benchmarks/RESULTS.md's tables of the published-behaviour benchmark (sessions 15-16)
+    are the script's summary of the 21 runs' records in benchmarks/records/: recomputed here
+    from the committed ``metrics.jsonl`` and ``config.json`` files, line for line."""
+    root = SCRIPT.parents[1]
+    records = root / "benchmarks" / "records" / "adaptation-published"
+    rows = adaptation.summarize(records, [0, 1, 2])
+    assert all(len(row["seeds"]) == 3 for row in rows.values()) and len(rows) == 7
+    results = (root / "benchmarks" / "RESULTS.md").read_text()
+    section = results[results.index("## Adaptation with the published behaviour") :]
+    for line in adaptation.markdown(rows).splitlines():
+        assert line in section, line
