@@ -97,8 +97,9 @@ def phase_of(event, cache: dict) -> str:
     return name
 
 
-def count_events(events) -> dict[str, Counter]:
-    """Per phase, the counts of ``COUNTS`` (``modules`` aside) in profiler ``events``."""
+def count_events(events, names: dict[str, Counter] | None = None) -> dict[str, Counter]:
+    """Per phase, the counts of ``COUNTS`` (``modules`` aside) in profiler ``events``; and,
+    into ``names`` where given, per phase the count of each top-level operator's name."""
     counts: dict[str, Counter] = {}
     cache: dict = {}
     for event in events:
@@ -110,6 +111,8 @@ def count_events(events) -> dict[str, Counter]:
         while parent is not None and not parent.name.startswith("aten::"):
             parent = parent.cpu_parent
         phase["dispatches"] += parent is None
+        if names is not None and parent is None:
+            names.setdefault(phase_of(event, cache), Counter())[event.name] += 1
         phase["item"] += event.name == "aten::item"
         phase["scalar_reads"] += event.name == "aten::_local_scalar_dense"
         phase["copy_"] += event.name == "aten::copy_"
@@ -143,7 +146,8 @@ def measure(spec: dict) -> dict:
             bench.synchronize()
     finally:
         handle.remove()
-    counts = count_events(prof.events())
+    names: dict[str, Counter] = {}
+    counts = count_events(prof.events(), names)
     for phase, n in modules.items():
         counts.setdefault(phase, Counter())["modules"] = n
     phases = {p: {k: c[k] for k in COUNTS} for p, c in sorted(counts.items())}
@@ -155,6 +159,7 @@ def measure(spec: dict) -> dict:
         "precision": spec["precision"],
         "total": total,
         "phases": phases,
+        "top_dispatches": {p: dict(c.most_common(spec.get("top", 0))) for p, c in names.items()},
         "warmup_seconds": round(warmup_seconds, 1),
         "crop": list(bench.cfg.data.crop),
         "model": f"{bench.cfg.model.encoder} + {bench.cfg.model.decoder}",
@@ -189,6 +194,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64, help="Crop side in px (full profile).")
     parser.add_argument("--width-divisor", type=int, default=8, help="MiT widths / this.")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--top", type=int, default=12, help="Per phase, this many most frequent top-level ops."
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, help="Folder for host_ops.json and host_ops.md.")
     parser.add_argument("--in-process", help=argparse.SUPPRESS)
@@ -215,6 +223,7 @@ def main() -> None:
                 if args.plugin != "both" and spec["plugin"] != (args.plugin == "on"):
                     continue
                 spec["width_divisor"] = args.width_divisor
+                spec["top"] = args.top
                 record = train_step.run_in_fresh_process(spec, __file__)
                 warmup = f"warm-up {record['warmup_seconds']} s"
                 print(f"{record['name']}: {record['total']}, {warmup}", file=sys.stderr)

@@ -194,8 +194,10 @@ def build(spec: dict) -> Bench:
     optimizer = build_optimizer(model, cfg.optim, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     method = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
+    method.backward_once = cfg.runtime.backward == "once"
     if cfg.runtime.compile:
-        compile_in_place(accelerator.unwrap_model(model), print)
+        for module in [accelerator.unwrap_model(model), *method.frozen_modules()]:
+            compile_in_place(module, print)
     model.train()
     width, height = cfg.data.crop
     batch = random_batch(cfg.data.batch_size, width, height, cfg.runtime.seed).to(device)
@@ -204,6 +206,8 @@ def build(spec: dict) -> Bench:
     def step(iteration: int) -> None:
         with one_cast_per_step():
             logs = method.train_step(batch, iteration)
+            with record_function("phase/backward"):
+                method.finish_backward()
         with record_function("phase/optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.cli.conftest import train_on_fixture_trees
 from tests.cli.test_published_presets import SHRUNK
 from tests.data.release_trees import write_acdc, write_cityscapes, write_dark_zurich
-from tests.dispersion.test_plugin_cli import TINY_AUX
 from uda_cli.main import app
 from uda_methods.methods.mic import separate_batch
 from uda_methods.presets import preset
@@ -110,14 +110,7 @@ def test_adverse_presets_print_the_test_server_number_beside_our_val_score():
 def test_adverse_preset_validates_and_trains_two_iterations_on_release_trees(
     data_root, tmp_path, target, method, plugin
 ):
-    args = ["train", "--preset", f"cs2{target}-{method}", *plugin, "--data-root", str(data_root)]
-    args += ["--iters", "2", "--work-dir", str(tmp_path), "--name", "run"]
-    for key, value in SHRUNK.items():
-        if key != "data.pseudo_margins":
-            args += ["--set", f"{key}={value}"]
-    args += TINY_AUX if plugin else []
-    dry = runner.invoke(app, [*args, "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    result = runner.invoke(app, args)
+    settings = {k: v for k, v in SHRUNK.items() if k != "data.pseudo_margins"}
+    result = train_on_fixture_trees(f"cs2{target}-{method}", plugin, data_root, tmp_path, settings)
     assert result.exit_code == 0, result.output
     assert ("; published " in result.output) == (not plugin)

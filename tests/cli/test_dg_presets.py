@@ -9,9 +9,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.cli.conftest import train_on_fixture_trees
 from tests.cli.test_published_presets import SHRUNK
 from tests.data.release_trees import write_bdd100k, write_cityscapes, write_gta, write_mapillary
-from tests.dispersion.test_plugin_cli import TINY_AUX
 from uda_cli.main import app
 from uda_methods.presets import preset
 from uda_methods.published import published_result, published_target_line
@@ -60,6 +60,7 @@ def test_dg_presets_train_source_only_with_the_dg_branch_settings():
         assert cfg.model.style_hallucination == 0.0156
         assert cfg.method.style_consistency_lambda == 10.0
         assert (cfg.method.style_interval, cfg.method.style_batch_size) == (4000, 2)
+        assert cfg.method.style_images == "process-share"  # train.py:136-144, per process
         assert (cfg.runtime.iterations, cfg.data.batch_size, cfg.optim.lr) == (40000, 2, 6e-5)
         assert [(d.layout, d.split) for d in cfg.data.extra_val] == [
             ("bdd100k", "val"),
@@ -106,14 +107,7 @@ def test_dg_preset_trains_on_gta_alone_and_evaluates_on_three_targets(
     """Two iterations from the GTA tree (the target tree is never read: none is written for
     training), then one ``uda eval`` with a table per target, each beside its published
     number, and the mean over the three."""
-    args = ["train", "--preset", f"gta-dg-{method}", *plugin, "--data-root", str(data_root)]
-    args += ["--iters", "2", "--work-dir", str(tmp_path), "--name", "run"]
-    for key, value in DG_SHRUNK.items():
-        args += ["--set", f"{key}={value}"]
-    args += TINY_AUX if plugin else []
-    dry = runner.invoke(app, [*args, "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    result = runner.invoke(app, args)
+    result = train_on_fixture_trees(f"gta-dg-{method}", plugin, data_root, tmp_path, DG_SHRUNK)
     assert result.exit_code == 0, result.output
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     evaluated = runner.invoke(app, ["eval", str(checkpoint)])

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_overrides
 from uda_cli.main import app
-from uda_methods.presets import DLV2_PRESETS
+from uda_methods.presets import DLV2_PRESETS, preset
+from uda_methods.published import published_line, published_result
 
 runner = CliRunner()
 
@@ -108,3 +109,13 @@ def test_resumed_advseg_run_continues_with_its_discriminator(tmp_path, synthetic
     )
     assert all(int(adam[k]["step"]) == 2 for k in adam)
     assert all(torch.equal(adam[k]["exp_avg_sq"], adam_resumed[k]["exp_avg_sq"]) for k in adam)
+
+
+@pytest.mark.parametrize("name", list(DLV2_PRESETS))
+def test_dlv2_presets_print_no_published_number(name):
+    """The reference repositories publish no DeepLabV2 result (their READMEs list MiT-B5 runs
+    only; the numbers are in the MIC, HRDA and DAFormer papers' tables), so a DLV2 run names
+    none, with or without a plugin."""
+    method = preset(name).method.name
+    assert published_result(name, method, []) is None
+    assert published_line(name, method, ["dispersion"], {"mIoU": 0.5}) is None

@@ -72,6 +72,24 @@ def test_two_processes_keep_identical_replicas_and_draw_their_own_batches(two_pr
     assert all(r["data_wait"] >= 0 and r["sec_per_iter"] > 0 for r in train)
 
 
+@pytest.mark.slow  # a second 2-process run, about 40 s on 2 idle cores
+def test_one_backward_per_step_on_two_processes_trains_what_one_per_pass_trains(
+    two_process_run, tmp_path
+):
+    """With ``runtime.backward: once`` DDP reduces the gradients once per step instead of
+    once per pass; the replicas still agree at every checkpoint, and after 3 iterations
+    their weights equal the per-pass run's up to float rounding."""
+    sets = [*tiny_overrides(tmp_path, 3), *HRDA_TINY, *TINY_AUX]
+    sets += ["--set", "runtime.checkpoint_interval=1", "--set", "runtime.backward=once"]
+    args = ["--method", "mic", "--plugin", "dispersion", "--name", "once", "--num-processes", "2"]
+    result = uda_train(UDA, *args, *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, theirs = checkpoint(tmp_path / "once", 3), checkpoint(two_process_run, 3)
+    assert len(ours["rng"]) == 2
+    for name, value in theirs["model"].items():
+        torch.testing.assert_close(ours["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_each_process_draws_its_own_samples_with_rare_class_sampling(tmp_path, synthetic_root):
     overrides = tiny_overrides(tmp_path)[1::2]
     cfg = resolve_config("quick", None, {"method": {"name": "daformer"}}, overrides)

@@ -334,3 +334,47 @@ def test_compiled_train_step_equals_the_eager_one(fresh_dynamo):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
     for a, b in zip(compiled.buffers(), eager.buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def train_mic_backward(base: str, once: bool, plugin: bool, steps: int = 2):
+    """``steps`` MIC steps on a tiny model, one backward per pass or one per step."""
+    from uda_dispersion.plugin import DispersionPlugin
+
+    cfg = MethodConfig(name="mic", mic_base=base, hrda_detail_crop=(32, 32), mic_mask_block=8)
+    plugins = {"dispersion": DispersionPlugin({"weight_hook": False})} if plugin else {}
+    model = tiny_model(cfg, plugins.get("dispersion"))
+    optimizer = build_optimizer(model, OptimConfig())
+    method = method_class("mic")(model, Accelerator(cpu=True), cfg, plugins)
+    method.backward_once = once
+    passes = []
+    original = method.accelerator.backward
+    method.accelerator.backward = lambda loss: (passes.append(1), original(loss))
+    torch.manual_seed(1)
+    logs = []
+    for iteration in range(steps):
+        step = method.train_step(uda_batch(), iteration)
+        method.finish_backward()
+        logs.append({k: float(v) for k, v in step.items()})
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(iteration)
+    return model, method.teacher.model, logs, len(passes)
+
+
+@pytest.mark.parametrize(("base", "plugin"), [("hrda", True), ("daformer", False)])
+def test_one_backward_per_step_trains_what_one_backward_per_pass_trains(base, plugin):
+    """``runtime.backward: once`` sums the source, mixed and masked losses and runs one
+    backward: the gradients are those of the three backward passes (the reference's order,
+    ``per-pass``) up to float rounding, so two MIC steps (HRDA with the dispersion plugin,
+    and DAFormer) train the same student and teacher and log the same losses."""
+    ours = train_mic_backward(base, True, plugin)
+    reference = train_mic_backward(base, False, plugin)
+    assert (ours[3], reference[3]) == (2, 6)  # backward calls: one per step, three per step
+    for a, b in ((ours[0], reference[0]), (ours[1], reference[1])):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    assert ours[2][0].keys() >= {"src.seg", "mix.seg", "mask.seg"}
+    for step, ref_step in zip(ours[2], reference[2], strict=True):
+        assert step.keys() == ref_step.keys()
+        for key, value in step.items():
+            assert value == pytest.approx(ref_step[key], rel=1e-4, abs=1e-6), key

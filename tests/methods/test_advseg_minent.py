@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from uda_core.config import OptimConfig
 from uda_core.method import UDABatch
@@ -230,6 +231,113 @@ def test_advseg_checkpoint_state_holds_the_discriminator_and_its_optimiser():
     loaded = fresh.d_optimizer.state_dict()["state"]
     assert saved.keys() == loaded.keys() and len(saved) == 10
     assert all(torch.equal(saved[k]["exp_avg"], loaded[k]["exp_avg"]) for k in saved)
+
+
+# --- AdvSeg under mixed precision --------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_precision():
+    """Accelerate fixes the precision once per process; each test here sets its own and
+    leaves the state unset for the next test."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def discriminator_update(
+    precision: str, scaler: torch.amp.GradScaler | None = None, overflow: bool = False
+) -> dict:
+    """One AdvSeg step from the same weights and batch under ``precision`` (optionally with
+    this discriminator scaler, or an inf in its first weight's gradient): its logs, the
+    discriminator's gradients as its Adam step sees them (none if it is skipped), its
+    weights before and after, and the method."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=precision != "fp16", mixed_precision=precision)
+    cfg = MethodConfig(name="advseg", disc_lr_iterations=10)
+    torch.manual_seed(0)
+    model = accelerator.prepare_model(build_method_model(TINY, cfg, 19))
+    method = AdvSeg(model, accelerator, cfg, {})
+    if scaler is not None:
+        method.d_scaler = scaler
+    weights = list(method.d_module.parameters())
+    if overflow:
+        weights[0].register_hook(lambda grad: torch.full_like(grad, math.inf))
+    seen, adam_step = [], method.d_optimizer.step
+
+    def step(*args, **kwargs):
+        seen.extend(p.grad.detach().float().cpu().clone() for p in weights)
+        return adam_step(*args, **kwargs)
+
+    method.d_optimizer.step = step
+    before = [p.detach().cpu().clone() for p in weights]
+    logs = method.train_step(tiny_batch().to(accelerator.device), 0)
+    return {
+        "logs": {k: v.item() for k, v in logs.items()},
+        "grads": seen,
+        "before": before,
+        "after": [p.detach().cpu().clone() for p in weights],
+        "method": method,
+    }
+
+
+def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    a, b = torch.cat([t.flatten() for t in a]), torch.cat([t.flatten() for t in b])
+    return ((a - b).norm() / b.norm()).item()
+
+
+def equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_discriminator_step_unscales_its_own_loss_scaling_and_skips_overflows(fresh_precision):
+    """The reference trains in fp32 (MIC ``experiments.py:282-283``, no fp16 config); under
+    fp16 our discriminator's step scales its loss with a GradScaler of its own (Accelerate's
+    covers only the network's optimiser). Adam sees the unscaled gradients, so the step equals
+    the unscaled one; an inf gradient skips the step and halves the scale."""
+    plain = discriminator_update("no")
+    assert not plain["method"].d_scaler.is_enabled()
+    scaled = discriminator_update("no", torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    assert scaled["logs"] == plain["logs"]
+    assert equal(scaled["grads"], plain["grads"]) and equal(scaled["after"], plain["after"])
+    assert not equal(scaled["after"], scaled["before"])
+    assert scaled["method"].state_dict()["discriminator_scaler"]["scale"] == 2.0**12
+
+    skipped = discriminator_update("no", torch.amp.GradScaler("cpu", init_scale=2.0**12), True)
+    assert skipped["grads"] == [] and equal(skipped["after"], skipped["before"])
+    assert skipped["method"].d_scaler.get_scale() == 2.0**11
+
+
+def test_advseg_bf16_step_trains_the_discriminator_as_fp32_does(fresh_precision):
+    """bf16 has fp32's range, so no loss scaling (``d_scaler`` off): one step under bf16
+    autocast gives finite losses and weights, and the discriminator fp32's losses and
+    gradients within bf16's precision (fp32 is the reference's, ``experiments.py:282-283``)."""
+    ref = discriminator_update("no")
+    run = discriminator_update("bf16")
+    method = run["method"]
+    assert method.accelerator.mixed_precision == "bf16" and not method.d_scaler.is_enabled()
+    assert all(math.isfinite(v) for v in run["logs"].values())
+    assert all(torch.isfinite(w).all() for w in run["after"])
+    for key in ("disc.src", "disc.trg", "trg.adv"):
+        assert run["logs"][key] == pytest.approx(ref["logs"][key], rel=0.02)
+    assert relative_error(run["grads"], ref["grads"]) < 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast needs CUDA here")
+def test_advseg_fp16_step_scales_the_discriminator_loss_and_trains_as_fp32(fresh_precision):
+    """fp16 on CUDA: Accelerate scales the network's losses and the discriminator's own
+    GradScaler is on; nothing overflows at the initial scale 2^16, and the gradients Adam sees
+    (unscaled) and the losses match fp32's within fp16's precision."""
+    ref = discriminator_update("no")
+    run = discriminator_update("fp16")
+    method = run["method"]
+    assert method.accelerator.scaler is not None and method.d_scaler.is_enabled()
+    assert method.d_scaler.get_scale() == 2.0**16 and run["grads"]  # the step was taken
+    assert all(math.isfinite(v) for v in run["logs"].values())
+    assert all(torch.isfinite(w).all() for w in run["after"])
+    for key in ("disc.src", "disc.trg", "trg.adv"):
+        assert run["logs"][key] == pytest.approx(ref["logs"][key], rel=0.02)
+    assert relative_error(run["grads"], ref["grads"]) < 0.02
 
 
 # --- MIC on the baselines ----------------------------------------------------------------

@@ -93,6 +93,36 @@ def test_mit_b0_runs_on_real_tensors_with_linear_stochastic_depth():
     assert encoder.body.stages_3.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
 
 
+def test_mit_without_its_zero_dropouts_computes_what_timm_computes():
+    """SegFormer's MiT (and timm's PVTv2) calls ``Dropout(p=0)`` three times per block; ours
+    replaces them by ``nn.Identity`` (fewer dispatches). In training mode, stochastic depth
+    included, the features and the gradients equal those of timm's unmodified model, bit for
+    bit."""
+    import timm
+
+    from uda_methods.models.mit import MLP_RATIOS
+
+    ours = MiTEncoder(0)
+    theirs = timm.create_model(
+        "pvt_v2_b0", features_only=True, mlp_ratios=MLP_RATIOS, drop_path_rate=0.1
+    )
+    theirs.load_state_dict(ours.body.state_dict())
+    assert sum(type(m) is nn.Dropout for m in theirs.modules()) == 3 * 8  # 2 + 2 + 2 + 2 blocks
+    assert [m.p for m in ours.modules() if type(m) is nn.Dropout] == [0.0] * 8  # attn_drop
+    image = torch.randn(2, 3, 64, 64)
+    outputs = []
+    for model in (ours.body, theirs):
+        model.train()
+        torch.manual_seed(3)
+        features = model(image)
+        sum(f.square().mean() for f in features).backward()
+        outputs.append((features, [p.grad for p in model.parameters()]))
+    for a, b in zip(outputs[0][0], outputs[1][0], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(outputs[0][1], outputs[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("size", sorted(MIT))
 def test_segformer_names_and_shapes_convert_to_timm_for_every_size(size):
     converted = segformer_to_timm(segformer_state(size))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from tests.methods.ddp_styles import forward_with_own_styles
 from uda_core.errors import UdaError
 from uda_core.method import UDABatch
 from uda_methods.config import MethodConfig, ModelConfig, RunConfig
@@ -24,7 +26,7 @@ from uda_methods.models.shade import (
 )
 from uda_methods.presets import preset
 from uda_methods.registry import build_method_model, method_class
-from uda_methods.run import check_across_sections
+from uda_methods.run import check_across_sections, style_pass_order
 
 
 def test_style_hallucination_restyles_with_dirichlet_mixtures_of_base_styles():
@@ -175,14 +177,17 @@ def test_dg_base_styles_refresh_at_iteration_zero_and_every_interval():
     284``): before the first iteration, then after each iteration i with (i + 1) % 4000 == 0,
     i.e. before iterations 4000, 8000, ...; the model runs in eval mode meanwhile
     (``:26-27,54``) and the base styles come from that pass."""
-    method, passes = _dg_method("dg-daformer", interval=2)
-    style = method.style
+    method, passes = _dg_method("dg-daformer", source_images=2, interval=2)
+    style, source = method.style, method.style_source
+    modes = []
+    method.style_source = lambda number: modes.append(method.model.training) or source(number)
     assert style.proto_std.abs().sum() == 0
-    batch = UDABatch({"image": torch.randn(1, 3, 32, 32), "label": torch.zeros(1, 32, 32).long()})
+    batch = UDABatch({"image": torch.randn(1, 3, 16, 16), "label": torch.zeros(1, 16, 16).long()})
     method.model.train()
-    for iteration in range(5):
+    for iteration in range(4):
         method.train_step(batch, iteration)
-    assert passes == [0, 1, 2] and style.training
+        assert passes == [0, 1][: iteration // 2 + 1]
+    assert modes == [False, False] and style.training
     assert style.proto_std.abs().sum() > 0
 
 
@@ -219,3 +224,61 @@ def test_refreshing_styles_without_a_source_fails_with_one_line():
     method.style_source = None
     with pytest.raises(UdaError, match="needs the source set"):
         method._refresh_styles(0)
+
+
+# --- several processes --------------------------------------------------------------------
+
+
+def _reference_share(size: int, index: int, count: int) -> list[int]:
+    """torch's ``DistributedSampler(dataset, count, index, shuffle=True)`` as the reference's
+    ``build_dataloader(dist=True)`` builds it: no seed given (0) and no ``set_epoch`` call,
+    so one permutation for every pass, padded with its head to a multiple of ``count``."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(0)).tolist()
+    padded = order + order[: -size % count]
+    return padded[index::count]
+
+
+def test_style_passes_with_several_processes_take_each_process_share_as_the_reference():
+    """HRDA dg ``mmseg/apis/train.py:136-144``: the style loader is ``build_dataloader(...,
+    dist=distributed, drop_last=True)``, i.e. (``mmseg/datasets/builder.py:133-137``) a
+    ``DistributedSampler(dataset, world_size, rank, shuffle=True)``: each process reads its
+    share of the source set, the same shares every pass (``method.style_images:
+    process-share``, the published DG presets). Ours (``all``): every process the whole set,
+    in an order drawn anew each pass. One process: the whole set either way."""
+    assert preset("gta-dg-daformer").method.style_images == "process-share"
+    assert preset("gta-dg-hrda").method.style_images == "process-share"
+    share = preset("gta-dg-daformer")
+    ours = share.model_copy(
+        update={"method": share.method.model_copy(update={"style_images": "all"})}
+    )
+    shares = [style_pass_order(share, 7, number, index, 2) for number in (0, 1) for index in (0, 1)]
+    assert shares[:2] == [_reference_share(7, 0, 2), _reference_share(7, 1, 2)]
+    assert shares[2:] == shares[:2]  # the same shares in the next pass
+    assert sorted(set(shares[0] + shares[1])) == list(range(7)) and len(shares[0]) == 4
+    whole = [style_pass_order(ours, 7, number, index, 2) for number in (0, 1) for index in (0, 1)]
+    assert all(sorted(order) == list(range(7)) for order in whole)
+    assert whole[0] == whole[1] and whole[0] != whole[2]
+    for number in (0, 1):
+        assert style_pass_order(share, 7, number, 0, 1) == style_pass_order(ours, 7, number, 0, 1)
+
+
+def _two_processes(images: str, tmp_path) -> list[dict[str, torch.Tensor]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(forward_with_own_styles, (2, port, images, tmp_path), nprocs=2)
+    return [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+
+
+@pytest.mark.slow  # two spawned processes
+def test_process_share_keeps_each_process_base_styles_under_data_parallelism(tmp_path):
+    """HRDA dg ``mmseg/apis/train.py:79-83``: ``MMDistributedDataParallel(...,
+    broadcast_buffers=False)``, so each process hallucinates with the base styles of its own
+    share (``style_hallucination_hook.py:49-52`` writes them into the local model). With
+    ``process-share`` our DDP leaves them out of its buffer broadcast; with ``all`` (ours)
+    every process takes process 0's."""
+    kept = _two_processes("process-share", tmp_path)
+    assert [float(r["mean"].unique()) for r in kept] == [1.0, 2.0]
+    assert [float(r["std"].unique()) for r in kept] == [1.0, 2.0]
+    shared = _two_processes("all", tmp_path)
+    assert [float(r["mean"].unique()) for r in shared] == [1.0, 1.0]

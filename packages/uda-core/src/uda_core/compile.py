@@ -1,6 +1,7 @@
-"""``runtime.compile``: ``torch.compile`` of the student, falling back to eager execution.
+"""``runtime.compile``: ``torch.compile`` of the student, the EMA teacher and the frozen
+ImageNet encoder, falling back to eager execution.
 
-Compilation traces the student's forward (and AOTAutograd its backward) into graphs that
+Compilation traces each network's forward (and AOTAutograd the student's backward) into graphs that
 Inductor turns into fused kernels: far fewer operator dispatches per step, so a host-bound
 GPU step gets faster; the first iterations (and each new input shape) pay the compile time.
 See docs/speed.md.
@@ -29,7 +30,7 @@ def compile_in_place(module: nn.Module, log: Callable[[str], None]) -> None:
                 reason = (str(error).strip().splitlines() or [""])[0][:200]
                 log(
                     f"runtime.compile: compilation failed ({type(error).__name__}: {reason}); "
-                    "running the student eagerly where it failed"
+                    f"running {type(module).__name__} eagerly where it failed"
                 )
             failed.append(error)
             return graph.forward

@@ -26,9 +26,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and
+    no number is NaN or infinite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OptimConfig(Section):
@@ -112,7 +113,17 @@ class RuntimeConfig(Section):
         False, description="Keep the student's weights in channels-last layout (GPU convs)."
     )
     compile: bool = Field(
-        False, description="torch.compile the student (first iterations slower; GPU speed-up)."
+        False,
+        description="torch.compile the student, the EMA teacher and the frozen ImageNet "
+        "encoder (first iterations slower: compile time; GPU speed-up).",
+    )
+    backward: Literal["per-pass", "once"] = Field(
+        "per-pass",
+        description="per-pass: one backward after each student pass (source, mixed, masked), "
+        "each pass's activations freed after it, as the reference does; once: the passes' "
+        "losses summed and one backward at the end of the step (the same gradients up to "
+        "float rounding, each weight's gradient accumulated and cast once: fewer operator "
+        "dispatches; every pass's activations held until then: more memory).",
     )
 
     @field_validator("name")

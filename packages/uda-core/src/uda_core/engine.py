@@ -268,9 +268,11 @@ class Trainer:
         scheduler = build_scheduler(optimizer, rt.iterations, self.schedule)
         model, optimizer = accelerator.prepare(model, optimizer)
         method = self.build_method(model, accelerator)
+        method.backward_once = rt.backward == "once"
         if rt.compile:
             # in place, after the method copied the student (EMA teacher): same state dict keys
-            compile_in_place(accelerator.unwrap_model(model), out.print)
+            for module in [accelerator.unwrap_model(model), *method.frozen_modules()]:
+                compile_in_place(module, out.print)
         set_seed(rt.seed + accelerator.process_index)
 
         start, best = 0, -math.inf
@@ -298,8 +300,9 @@ class Trainer:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_temporary_files(self.run_dir)
-            if resume is not None:
-                metrics.keep_up_to(start)
+            # a resume drops what its checkpoint does not hold; a new run (in a folder without
+            # checkpoints, whose earlier run was killed before its first) drops every record
+            metrics.keep_up_to(start)
             write_json(self.run_dir / "config.json", self.config)
         if accelerator.log_with:
             accelerator.init_trackers("tensorboard")
@@ -324,6 +327,7 @@ class Trainer:
                 )
                 with one_cast_per_step():  # each weight cast to bf16/fp16 once per step
                     losses.add(method.train_step(batch, iteration))
+                    method.finish_backward()  # runtime.backward: once
                 if self.optim.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), self.optim.grad_clip)
                 optimizer.step()

@@ -39,9 +39,10 @@ class UDABatch:
 class Method(ABC):
     """A training strategy. The engine owns the optimiser; the method owns what one step does.
 
-    ``train_step`` runs the forward passes and calls ``accelerator.backward`` on each loss (it
-    may call it several times, gradients accumulate); the engine then clips, steps the
-    optimiser and the schedule, and calls ``after_optimizer_step`` (EMA updates go there).
+    ``train_step`` runs the forward passes and calls ``backward`` on each pass's loss (it may
+    call it several times, gradients accumulate); the engine then calls ``finish_backward``,
+    clips, steps the optimiser and the schedule, and calls ``after_optimizer_step`` (EMA
+    updates go there).
     """
 
     name: ClassVar[str]
@@ -63,6 +64,29 @@ class Method(ABC):
         self.debug = False
         self.panels: dict[str, torch.Tensor] = {}
         """Pictures of the last step, filled when the engine sets ``debug`` before a step."""
+        self.backward_once = False
+        """``runtime.backward: once``: ``backward`` sums the step's losses and
+        ``finish_backward`` runs one backward pass over their sum (set by the engine)."""
+        self._pending: torch.Tensor | None = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one pass's loss: at once (``runtime.backward: per-pass``, the
+        reference's order, each pass's graph freed after it), or added to the step's sum for
+        ``finish_backward`` (``once``: the same gradients up to float rounding; each weight's
+        gradient accumulated and cast once instead of once per pass; every pass's activations
+        held until the end of the step)."""
+        if not self.backward_once:
+            self.accelerator.backward(loss)
+        elif self._pending is None:
+            self._pending = loss
+        else:
+            self._pending = self._pending + loss
+
+    def finish_backward(self) -> None:
+        """The deferred backward of ``runtime.backward: once`` (nothing to do otherwise)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.accelerator.backward(pending)
 
     @abstractmethod
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor | float]:
@@ -72,6 +96,11 @@ class Method(ABC):
 
     def after_optimizer_step(self, iteration: int) -> None:  # noqa: B027 (optional hook)
         """Called after each optimiser step."""
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The networks besides the student that each step runs (an EMA teacher, a frozen
+        ImageNet encoder): ``runtime.compile`` compiles them too."""
+        return []
 
     def eval_model(self) -> nn.Module:
         """The network that evaluation and the saved "model" weights use."""

@@ -95,6 +95,14 @@ class MethodConfig(Section):
     style_batch_size: int = Field(
         2, ge=1, description="SHADE: source images per batch of that pass (last partial dropped)."
     )
+    style_images: Literal["process-share", "all"] = Field(
+        "all",
+        description="SHADE with several processes: each process takes its base styles from its"
+        " share of the source set, the same shares every pass, and keeps them (process-share,"
+        " published: HRDA dg train.py:136-144, a DistributedSampler; broadcast_buffers=False),"
+        " or from the whole set, in an order drawn anew each pass (all, ours). One process: the"
+        " whole set either way.",
+    )
 
     # Where ours differs from the reference on purpose: the published presets name the
     # reference's value; the defaults keep ours, so saved run configs rerun as they ran.

@@ -209,20 +209,28 @@ def hrda() -> RunConfig:
     )
 
 
+def _with_mic(cfg: RunConfig, base: str, block: int, **settings: Any) -> RunConfig:
+    """``cfg`` with MIC's masked image consistency on ``base``: ``block`` px blocks, ratio 0.7,
+    loss weight 1 (MIC ``experiments.py``: ``mask_lambda = 1``, line 387; ``mask_ratio`` 0.7 in
+    the published runs, e.g. line 428), and the other method ``settings``."""
+    cfg.method = cfg.method.model_copy(
+        update={
+            "name": "mic",
+            "mic_base": base,
+            "mic_mask_block": block,
+            "mic_mask_ratio": 0.7,
+            "mic_lambda": 1.0,
+            **settings,
+        }
+    )
+    return cfg
+
+
 def mic() -> RunConfig:
     """MIC on HRDA: the ``hrda`` preset plus masked image consistency (64 px blocks, ratio
     0.7, loss weight 1; the teacher's alpha and threshold shared) and seed 2, the run MIC's
     author reports as the median."""
-    cfg = hrda()
-    cfg.method = cfg.method.model_copy(
-        update={
-            "name": "mic",
-            "mic_base": "hrda",
-            "mic_mask_block": 64,
-            "mic_mask_ratio": 0.7,
-            "mic_lambda": 1.0,
-        }
-    )
+    cfg = _with_mic(hrda(), "hrda", 64)
     cfg.runtime = cfg.runtime.model_copy(update={"seed": 2})
     return cfg
 
@@ -331,11 +339,13 @@ DG_SHADE: dict[str, Any] = {
     "style_consistency_lambda": 10.0,
     "style_interval": 4000,
     "style_batch_size": 2,
+    "style_images": "process-share",
 }
 """SHADE as the published DG runs train it (HRDA dg ``experiments.py:271-284``, with
 ``shade=True`` in both runs of id 50, ``experiments.py:601-603``): consistency weight 10,
-base styles refreshed every 4000 iterations from the source set in batches of 2; the
-hallucination's Dirichlet concentration 0.0156 is ``model.style_hallucination``."""
+base styles refreshed every 4000 iterations from the source set in batches of 2 (with
+several processes, each from its share: ``train.py:136-144``); the hallucination's Dirichlet
+concentration 0.0156 is ``model.style_hallucination``."""
 
 
 def _domain_generalisation(cfg: RunConfig, method: str) -> RunConfig:
@@ -409,15 +419,20 @@ def _on_dlv2(cfg: RunConfig, optim: OptimConfig) -> RunConfig:
     return cfg
 
 
-def _baseline(method: str) -> RunConfig:
+def _baseline(method: str, with_mic: bool = False) -> RunConfig:
     """AdvSeg or MinEnt on DeepLabV2 at 512x512 crops (HRDA ``experiments.py:389,391``): the
     ``gtaCAug`` source (mmseg's ``PhotoMetricDistortion``), no rare class sampling, SGD, the
     published adversarial / entropy settings (``configs/_base_/uda/advseg.py``, ``minent.py``:
     least-squares discriminator, Adam 1e-4 with betas (0.9, 0.99) decayed with power 0.9,
     lambda_adv 0.001; lambda_ent 0.001), mmseg's loss mean over all pixels (the other
-    published settings of the ``daformer`` preset stay, for runs that switch the method)."""
+    published settings of the ``daformer`` preset stay, for runs that switch the method).
+
+    ``with_mic``: MIC on it (MIC ``experiments.py:417-454``): the plain GTA source, an EMA
+    teacher of MIC's own (alpha 0.999, threshold 0.968, no pseudo-label margins: ``plcrop``
+    False), the colour-augmented target masked in 32 px blocks (half of 64 at half the
+    resolution) at ratio 0.7, loss weight 1."""
     cfg = _on_dlv2(daformer(), DLV2_SGD)
-    cfg.data = cfg.data.model_copy(update={"rcs": None, "source_photometric": True})
+    cfg.data = cfg.data.model_copy(update={"rcs": None, "source_photometric": not with_mic})
     cfg.method = cfg.method.model_copy(
         update={
             "name": method,
@@ -430,7 +445,12 @@ def _baseline(method: str) -> RunConfig:
             "ent_lambda": 0.001,
         }
     )
-    return cfg
+    if not with_mic:
+        return cfg
+    teacher = {"ema_alpha": 0.999, "pseudo_threshold": 0.968}
+    margins = {"pseudo_ignore_top": 0, "pseudo_ignore_bottom": 0}
+    masking = {"mic_mask_mode": "separatetrgaug", **PUBLISHED_SELF_TRAINING}
+    return _with_mic(cfg, method, 32, **teacher, **margins, **masking)
 
 
 def dlv2_advseg() -> RunConfig:
@@ -443,39 +463,14 @@ def dlv2_minent() -> RunConfig:
     return _baseline("minent")
 
 
-def _mic_on_baseline(base: str) -> RunConfig:
-    """MIC on AdvSeg or MinEnt (MIC ``experiments.py:417-454``): the plain GTA source, an EMA
-    teacher of MIC's own (alpha 0.999, threshold 0.968, no pseudo-label margins: ``plcrop``
-    False), the colour-augmented target masked in 32 px blocks (half of 64 at half the
-    resolution) at ratio 0.7, loss weight 1."""
-    cfg = _baseline(base)
-    cfg.data = cfg.data.model_copy(update={"source_photometric": False})
-    cfg.method = cfg.method.model_copy(
-        update={
-            "name": "mic",
-            "mic_base": base,
-            "ema_alpha": 0.999,
-            "pseudo_threshold": 0.968,
-            "pseudo_ignore_top": 0,
-            "pseudo_ignore_bottom": 0,
-            "mic_mask_mode": "separatetrgaug",
-            "mic_mask_block": 32,
-            "mic_mask_ratio": 0.7,
-            "mic_lambda": 1.0,
-            **PUBLISHED_SELF_TRAINING,
-        }
-    )
-    return cfg
-
-
 def dlv2_advseg_mic() -> RunConfig:
     """MIC(AdvSeg) on DeepLabV2 (MIC ``experiments.py:430``)."""
-    return _mic_on_baseline("advseg")
+    return _baseline("advseg", with_mic=True)
 
 
 def dlv2_minent_mic() -> RunConfig:
     """MIC(MinEnt) on DeepLabV2 (MIC ``experiments.py:431``)."""
-    return _mic_on_baseline("minent")
+    return _baseline("minent", with_mic=True)
 
 
 def dlv2_daformer() -> RunConfig:
@@ -486,17 +481,7 @@ def dlv2_daformer() -> RunConfig:
 
 def dlv2_daformer_mic() -> RunConfig:
     """MIC(DAFormer) on DeepLabV2 (MIC ``experiments.py:433``): 32 px blocks at 512x512."""
-    cfg = dlv2_daformer()
-    cfg.method = cfg.method.model_copy(
-        update={
-            "name": "mic",
-            "mic_base": "daformer",
-            "mic_mask_block": 32,
-            "mic_mask_ratio": 0.7,
-            "mic_lambda": 1.0,
-        }
-    )
-    return cfg
+    return _with_mic(dlv2_daformer(), "daformer", 32)
 
 
 def dlv2_hrda() -> RunConfig:

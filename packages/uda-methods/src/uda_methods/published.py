@@ -7,6 +7,12 @@ README table, MIC paper Table 2), while a run scores the val split: the line say
 Domain-generalisation rows (``PUBLISHED_DG``) give each unseen target's val mIoU and their mean.
 Sources: the DAFormer, HRDA and MIC papers, HRDA's extension paper (PAMI 2023, which reports
 DAFormer and HRDA on ACDC and Dark Zurich) and the dispersion paper's results table.
+
+The DeepLabV2 presets (``gta2cs-dlv2-*``, ``presets.DLV2_PRESETS``) have no row: the reference
+repositories (lhoyer/DAFormer, HRDA, MIC: READMEs, configs, ``experiments.py``) publish no
+DeepLabV2 result. The numbers are only in the papers' tables (MIC Table 1, ``experiments.py``
+id 81; HRDA Table 2, HRDA ``experiments.py`` id 41; DAFormer Table 1), which no stored source
+holds for checking, so none is copied here and those runs print no published number.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from uda_methods.models.hrda import HRDASegmenter
 from uda_methods.models.light import LightDecoder, TimmEncoder
 from uda_methods.models.mit import mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5
 from uda_methods.models.segmenter import Segmenter
-from uda_methods.models.shade import attach_style_hallucination
+from uda_methods.models.shade import attach_style_hallucination, keep_styles_per_process
 
 METHODS: dict[str, type[Method]] = {
     "source-only": SourceOnly,
@@ -148,10 +148,19 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def build_method_model(cfg: ModelConfig, method: MethodConfig, num_classes: int) -> nn.Module:
-    """``build_model``, wrapped in HRDA's multi-resolution model when the method trains one."""
+    """``build_model``, wrapped in HRDA's multi-resolution model when the method trains one;
+    with ``method.style_images: process-share``, each process keeps its own base styles."""
     model = build_model(cfg, num_classes)
-    if not method.multi_resolution:
-        return model
+    if method.multi_resolution:
+        model = _multi_resolution(model, cfg, method, num_classes)
+    if method.style_images == "process-share":
+        keep_styles_per_process(model)
+    return model
+
+
+def _multi_resolution(
+    model: nn.Module, cfg: ModelConfig, method: MethodConfig, num_classes: int
+) -> HRDASegmenter:
     attention = None
     if cfg.decoder == "deeplabv2":
         out = num_classes if method.hrda_attention_classwise else 1

@@ -32,6 +32,7 @@ from uda_core.plugin import Plugin, PrepareContext, load_plugins
 from uda_data.classes import CLASSES, NUM_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
 from uda_data.config import (
     DataConfig,
+    default_cache_dir,
     open_folder,
     source_pipeline,
     source_sampler,
@@ -387,21 +388,21 @@ def method_settings(cfg: RunConfig) -> MethodConfig:
 
 def _with_style_source(method: Method, cfg: RunConfig, source: SegmentationFolder) -> Method:
     """Give a method that hallucinates styles (``dg-daformer``, ``dg-hrda``) its passes over
-    the source set: each image once in a shuffled order, through the source's training
-    transforms drawn anew each pass, ``method.style_batch_size`` a batch, the last partial
-    batch dropped; no rare class sampling (HRDA dg ``train.py:129-150``)."""
+    the source set (``style_pass_order``), through the source's training transforms drawn
+    anew each pass, ``method.style_batch_size`` a batch, the last partial batch dropped; no
+    rare class sampling (HRDA dg ``train.py:129-150``)."""
     if getattr(method, "style", None) is None:
         return method
     pipeline, size = source_pipeline(cfg.data), cfg.method.style_batch_size
+    index, count = method.accelerator.process_index, method.accelerator.num_processes
 
     def passes(number: int) -> torch.utils.data.DataLoader:
         seed = (cfg.runtime.seed, number)
-        order = np.random.default_rng(seed).permutation(len(source))
         dataset = _SourcePass(source, pipeline, seed)
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=size,
-            sampler=order.tolist(),
+            sampler=style_pass_order(cfg, len(source), number, index, count),
             drop_last=True,
             num_workers=cfg.data.workers,
             worker_init_fn=_ignore_stop_signals,
@@ -409,6 +410,21 @@ def _with_style_source(method: Method, cfg: RunConfig, source: SegmentationFolde
 
     method.style_source = passes
     return method
+
+
+def style_pass_order(cfg: RunConfig, size: int, number: int, index: int, count: int) -> list[int]:
+    """The source images of style pass ``number`` in process ``index`` of ``count``.
+
+    One process, or ``method.style_images: all`` (ours): every image once, in an order drawn
+    anew for each pass. ``process-share`` with several processes (the reference's
+    ``build_dataloader(dist=True)``, HRDA dg ``train.py:136-144``, ``builder.py:133-137``):
+    torch's ``DistributedSampler`` as that loader builds it (shuffled with seed 0 and never
+    given an epoch, so the same shares every pass): the permutation padded to a multiple of
+    ``count`` with its first images, then every ``count``-th from ``index``."""
+    if cfg.method.style_images == "all" or count == 1:
+        return np.random.default_rng((cfg.runtime.seed, number)).permutation(size).tolist()
+    sampler = torch.utils.data.DistributedSampler(range(size), count, index, shuffle=True)
+    return list(sampler)
 
 
 class _SourcePass(torch.utils.data.Dataset):
@@ -433,8 +449,17 @@ def _initialised(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None
 
 def config_of_checkpoint(state: dict[str, Any], path: Path, overrides: list[str]) -> RunConfig:
     return validate(
-        RunConfig, apply_overrides(state["config"], overrides), source=f"config saved in {path}"
+        RunConfig,
+        apply_overrides(on_this_machine(state["config"]), overrides),
+        source=f"config saved in {path}",
     )
+
+
+def on_this_machine(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with this machine's ``data.cache_dir`` (``UDA_CACHE_DIR``): the
+    training machine's may not exist or be writable here, and what is kept there (embedded
+    domains, class statistics) is made again the same when missing."""
+    return merge(saved, {"data": {"cache_dir": str(default_cache_dir())}})
 
 
 RESUMABLE = (
@@ -446,6 +471,7 @@ RESUMABLE = (
     "runtime.debug_interval",
     "optim.lr",
     "data.workers",
+    "data.cache_dir",
     "eval.",
 )
 """Fields a resume may change (a prefix ending in '.' names a whole section); the rest would
@@ -506,7 +532,9 @@ def config_to_resume(
     saved = state["config"]
     if not isinstance(saved, dict):
         raise UdaError(f"checkpoint {path} holds no run config")
-    layered = merge(saved, load_config_file(config_file)) if config_file is not None else saved
+    layered = on_this_machine(saved)
+    if config_file is not None:
+        layered = merge(layered, load_config_file(config_file))
     data = apply_overrides(merge(layered, flags), overrides)
     folder = {k: saved["runtime"].get(k) for k in ("work_dir", "name")}
     data["runtime"] = {**data.get("runtime", {}), **folder}

@@ -14,6 +14,14 @@ of our models has), a least-squares loss. One iteration:
    loss halved; backward; Adam step at the poly-decayed ``disc_lr``
 4. (engine) the segmentation network's optimiser step
 
+Precision: the reference trains in fp32 (no ``fp16`` config, ``optimizer_config=None`` for
+AdvSeg, MIC ``experiments.py:282-283``), as the published presets do (``runtime.precision``
+no). Under ``bf16`` or ``fp16`` the discriminator runs in Accelerate's autocast like the
+segmentation network, its loss in fp32. Its optimiser is its own, so Accelerate's loss
+scaler (``fp16`` only) does not cover it: it has a ``torch.amp.GradScaler`` of its own
+(scaled backward, unscaled step, skipped when a gradient overflows), on exactly when
+Accelerate scales the network's losses; ``bf16`` has fp32's range and needs none.
+
 ``MICAdvSeg`` (``--method mic --set method.mic_base=advseg``) adds MIC's masked step with an
 EMA teacher of its own, between 2 and 3 as in the reference.
 """
@@ -29,7 +37,7 @@ from torch import nn
 
 from uda_core.method import UDABatch
 from uda_methods.methods.daformer import DACS, NUM_CLASSES
-from uda_methods.methods.hooks import Batch, add_source_targets, plugin_logs
+from uda_methods.methods.hooks import Batch, add_source_targets
 from uda_methods.methods.mic import MaskedConsistency
 from uda_methods.methods.minent import image_probabilities
 
@@ -86,6 +94,10 @@ class AdvSeg(DACS):
         self.d_optimizer = torch.optim.Adam(
             discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.disc_betas
         )
+        self.d_scaler = torch.amp.GradScaler(
+            accelerator.device.type, enabled=accelerator.scaler is not None
+        )
+        """fp16's loss scaling for the discriminator's own step (see the module docstring)."""
         # wrapped for data parallelism (its gradients are averaged over processes); the
         # generator's pass uses the plain module, frozen, so no gradient reaches its weights
         self.discriminator = accelerator.prepare_model(discriminator)
@@ -130,8 +142,9 @@ class AdvSeg(DACS):
         kind = self.cfg.adv_loss
         d_src = discriminator_loss(d_out[:n], SOURCE_LABEL, kind) / 2
         d_trg = discriminator_loss(d_out[n:], TARGET_LABEL, kind) / 2
-        (d_src + d_trg).backward()
-        self.d_optimizer.step()
+        self.d_scaler.scale(d_src + d_trg).backward()
+        self.d_scaler.step(self.d_optimizer)
+        self.d_scaler.update()
         self.d_optimizer.zero_grad(set_to_none=True)
         return {"disc.src": d_src.detach(), "disc.trg": d_trg.detach()}
 
@@ -139,12 +152,16 @@ class AdvSeg(DACS):
         return super().state_dict() | {
             "discriminator": self.d_module.state_dict(),
             "discriminator_optimizer": self.d_optimizer.state_dict(),
+            "discriminator_scaler": self.d_scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.d_module.load_state_dict(state["discriminator"])
         self.d_optimizer.load_state_dict(state["discriminator_optimizer"])
+        scaler = state.get("discriminator_scaler")  # empty when saved without fp16
+        if scaler and self.d_scaler.is_enabled():
+            self.d_scaler.load_state_dict(scaler)
 
 
 class MICAdvSeg(MaskedConsistency, AdvSeg):
@@ -157,9 +174,6 @@ class MICAdvSeg(MaskedConsistency, AdvSeg):
         source = add_source_targets(self.plugins, batch.source)
         logs, source_probs = self._source_step_with_probs(source)
         target_logs, target_probs = self._adversarial_step(batch.target)
-        logs |= target_logs
-        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
-        logs |= plugin_logs(self.plugins)
-        logs |= self._masked_step(source, target)
+        logs |= target_logs | self._pseudo_labelled_masked_step(source, batch.target)
         logs |= self._discriminator_step(source_probs, target_probs, iteration)
         return logs

@@ -2,7 +2,7 @@
 
 DAFormer (Hoyer et al., CVPR 2022) adds to DACS (Tranheden et al., WACV 2021) rare class
 sampling in the source loader (configured in the data section) and an ImageNet feature
-distance on thing classes. One iteration, as ``train_step`` reads:
+distance on thing classes. One iteration, as ``_self_training_step`` reads:
 
 1. source: supervised loss (+ feature distance, + plugin losses); backward
 2. target: teacher pseudo-labels and their pixel weights (+ plugin adjustments and targets)
@@ -56,17 +56,23 @@ class DACS(Method):
             self.imagenet_encoder = copy.deepcopy(student.encoder).eval().requires_grad_(False)
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
+        logs, _, _ = self._self_training_step(batch)
+        return logs
+
+    def _self_training_step(self, batch: UDABatch) -> tuple[dict[str, torch.Tensor], Batch, Batch]:
+        """1-4, as the module docstring lists them. Also the source batch (with the plugins'
+        targets) and the pseudo-labelled target, for a step added after them (MIC's)."""
         source = add_source_targets(self.plugins, batch.source)
         logs = self._source_step(source)
         target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
         logs |= plugin_logs(self.plugins)
         logs |= self._mixed_step(source, target)
-        return logs
+        return logs, source, target
 
     def _source_step(self, source: Batch) -> dict[str, torch.Tensor]:
         """1. Supervised loss (+ feature distance, + plugin losses) on the source; backward."""
         losses, _ = self._source_losses(source)
-        self.accelerator.backward(sum(losses.values()))
+        self.backward(sum(losses.values()))
         return {k: v.detach() for k, v in losses.items()}
 
     def _source_losses(self, source: Batch) -> tuple[dict[str, torch.Tensor], SegOutput]:
@@ -117,7 +123,7 @@ class DACS(Method):
             per_image_calls=True,
         )
         losses, out_mix = self._student_losses(mixed, mixed["weight"], prefix="mix.")
-        self.accelerator.backward(sum(losses.values()))
+        self.backward(sum(losses.values()))
         logs = {k: v.detach() for k, v in losses.items()}
         if self.debug:
             self.panels = self._panels(source, target, mixed, out_mix)
@@ -177,6 +183,10 @@ class DACS(Method):
     def after_optimizer_step(self, iteration: int) -> None:
         if self.teacher is not None:
             self.teacher.update(self.accelerator.unwrap_model(self.model), iteration + 1)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        frozen = [self.teacher.model] if self.teacher is not None else []
+        return frozen + ([self.imagenet_encoder] if self.imagenet_encoder is not None else [])
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -72,7 +72,7 @@ class _SourceOnlyDG:
             self._refresh_styles(iteration // self.cfg.style_interval)
         source = add_source_targets(self.plugins, batch.source)
         losses, output = self._source_losses(source)
-        self.accelerator.backward(sum(losses.values()))
+        self.backward(sum(losses.values()))
         if self.debug:
             self.panels = {
                 "source": source["image"],

@@ -25,12 +25,22 @@ import torch
 from uda_core.augment import strong_augment
 from uda_core.masking import mask_image
 from uda_core.method import UDABatch
-from uda_methods.methods.hooks import Batch, add_source_targets, plugin_logs
+from uda_methods.methods.hooks import Batch, plugin_logs
 from uda_methods.methods.hrda import HRDA
 
 
 class MaskedConsistency:
     """MIC's masked step, for a method with an EMA teacher's pseudo-labels (a ``DACS``)."""
+
+    def _pseudo_labelled_masked_step(self, source: Batch, target: Batch) -> dict[str, torch.Tensor]:
+        """MIC on a base without self-training (AdvSeg, MinEnt): the EMA teacher's
+        pseudo-labels of the target (``DACS._pseudo_label``), then the masked step."""
+        target, weight = self._pseudo_label(target)
+        return (
+            {"pseudo_weight": weight}
+            | plugin_logs(self.plugins)
+            | self._masked_step(source, target)
+        )
 
     def _masked_step(self, source: Batch, target: Batch) -> dict[str, torch.Tensor]:
         """5. The pseudo-labelled target (``separate``: half source, half target),
@@ -52,7 +62,7 @@ class MaskedConsistency:
         losses, output = self._student_losses(masked, masked["weight"], prefix="mask.")
         scaled = {"mask.seg"} if cfg.mic_lambda_scope == "fused-seg" else losses.keys()
         losses = {k: cfg.mic_lambda * v if k in scaled else v for k, v in losses.items()}
-        self.accelerator.backward(sum(losses.values()))
+        self.backward(sum(losses.values()))
         if self.debug:
             self.panels |= {
                 "masked": masked["image"].detach(),
@@ -67,13 +77,8 @@ class MIC(MaskedConsistency, HRDA):
     name = "mic"
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
-        source = add_source_targets(self.plugins, batch.source)
-        logs = self._source_step(source)
-        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
-        logs |= plugin_logs(self.plugins)
-        logs |= self._mixed_step(source, target)
-        logs |= self._masked_step(source, target)
-        return logs
+        logs, source, target = self._self_training_step(batch)  # HRDA's (DAFormer's) steps 1-4
+        return logs | self._masked_step(source, target)
 
 
 def separate_batch(source: Batch, target: Batch) -> Batch:

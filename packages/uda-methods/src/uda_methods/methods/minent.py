@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from uda_core.method import UDABatch
 from uda_methods.methods.daformer import DACS
-from uda_methods.methods.hooks import Batch, add_source_targets, plugin_logs
+from uda_methods.methods.hooks import Batch, add_source_targets
 from uda_methods.methods.mic import MaskedConsistency
 
 
@@ -54,9 +54,7 @@ class MinEnt(DACS):
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
         source = add_source_targets(self.plugins, batch.source)
-        logs = self._source_step(source)
-        logs |= self._entropy_step(batch.target)
-        return logs
+        return self._source_step(source) | self._entropy_step(batch.target)
 
     def _entropy_step(self, target: Batch) -> dict[str, torch.Tensor]:
         """2. ``ent_lambda`` x the normalised entropy of the target prediction; backward."""
@@ -75,9 +73,5 @@ class MICMinEnt(MaskedConsistency, MinEnt):
 
     def train_step(self, batch: UDABatch, iteration: int) -> dict[str, torch.Tensor]:
         source = add_source_targets(self.plugins, batch.source)
-        logs = self._source_step(source)
-        logs |= self._entropy_step(batch.target)
-        target, logs["pseudo_weight"] = self._pseudo_label(batch.target)
-        logs |= plugin_logs(self.plugins)
-        logs |= self._masked_step(source, target)
-        return logs
+        logs = self._source_step(source) | self._entropy_step(batch.target)
+        return logs | self._pseudo_labelled_masked_step(source, batch.target)

@@ -19,5 +19,5 @@ class SourceOnly(Method):
         loss = seg_cross_entropy(output.logits, source["label"], mean_over=self.cfg.seg_loss_mean)
         losses = {"loss": loss}
         losses |= plugin_losses(self.plugins, output, source, None)
-        self.accelerator.backward(sum(losses.values()))
+        self.backward(sum(losses.values()))
         return {k: v.item() for k, v in losses.items()}

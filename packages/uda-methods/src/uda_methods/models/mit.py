@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from uda_methods.models.light import TimmEncoder
 from uda_methods.models.weights import KeyRule, load_checked, read_state_dict, rename
@@ -32,10 +33,26 @@ class MiTEncoder(TimmEncoder):
     def __init__(self, size: int, drop_path_rate: float = 0.1) -> None:
         super().__init__(f"pvt_v2_b{size}", mlp_ratios=MLP_RATIOS, drop_path_rate=drop_path_rate)
         self.size = size
+        skip_zero_dropout(self.body)
 
     def load_pretrained(self, path: Path) -> None:
         """Load a SegFormer ImageNet checkpoint (or one already in timm's names)."""
         load_checked(self.body, segformer_to_timm(read_state_dict(path)), path)
+
+
+def skip_zero_dropout(module: nn.Module) -> int:
+    """Replace the ``nn.Dropout(p=0)`` layers of ``module`` (MiT's projection and MLP
+    dropouts, called three times per block, all 0 in SegFormer, DAFormer, HRDA and MIC) by
+    ``nn.Identity``: the same output, one operator dispatch fewer a call (156 per MiT-B5 forward).
+    Attention's ``attn_drop`` stays (timm reads its ``p`` for the fused attention). Returns how
+    many were replaced."""
+    replaced = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout and child.p == 0 and name != "attn_drop":
+                setattr(parent, name, nn.Identity())
+                replaced += 1
+    return replaced
 
 
 def _stage_rules(k: int) -> tuple[KeyRule, ...]:

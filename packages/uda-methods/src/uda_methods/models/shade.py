@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from uda_methods.models.light import TimmEncoder
 
@@ -84,6 +85,22 @@ def attach_style_hallucination(encoder: TimmEncoder, concentration: float) -> St
     encoder.style_hallucination = module
     first_stage(encoder)[1].register_forward_hook(module.hook)
     return module
+
+
+def keep_styles_per_process(model: nn.Module) -> None:
+    """Leave the base styles of every ``StyleHallucination`` in ``model`` out of DDP's
+    broadcast of process 0's buffers before each forward, so that each process trains with
+    the styles it computed, as the reference's DDP does (``broadcast_buffers=False``, HRDA dg
+    ``train.py:79-83``). Call before the model is wrapped."""
+    names = [
+        f"{prefix}.{buffer}" if prefix else buffer
+        for prefix, module in model.named_modules()
+        if isinstance(module, StyleHallucination)
+        for buffer in ("proto_mean", "proto_std")
+    ]
+    if names:
+        ignored = [*getattr(model, "_ddp_params_and_buffers_to_ignore", ()), *names]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
 
 
 @torch.no_grad()
