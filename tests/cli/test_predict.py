@@ -119,9 +119,41 @@ def test_missing_and_unreadable_images_are_named(checkpoint, pictures, tmp_path)
     assert result.exit_code == 2 and "nope.png does not exist" in result.output
     (pictures / "broken.png").write_bytes(b"garbage")
     result = uda("predict", checkpoint, pictures, "--out", tmp_path / "out")
-    assert result.exit_code == 1
-    assert "broken.png: cannot be read as an image" in result.output
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == (
+        f"error: {pictures / 'broken.png'}: cannot be read as an image (not an image format "
+        f"Pillow reads); replace the file; the other 3 were predicted into {tmp_path / 'out'}"
+    )
     assert (tmp_path / "out" / "a_pred.png").is_file()
+
+
+@pytest.mark.parametrize("pipeline", ["ours", "reference"])
+def test_a_folder_with_unreadable_images_predicts_the_others_and_names_each(
+    checkpoint, pictures, tmp_path, pipeline
+):
+    """A truncated, an empty and a non-image file among good ones: the good ones are predicted,
+    each bad one is named on its own line, and the command ends with one error line and exit
+    status 2 (a user error, not 1), no traceback."""
+    whole = (pictures / "a.png").read_bytes()
+    (pictures / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (pictures / "empty.png").write_bytes(b"")
+    (pictures / "notes.jpg").write_text("not a picture")
+    out = tmp_path / "out"
+    result = uda("predict", checkpoint, pictures, "--out", out, "--pipeline", pipeline)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped ")]
+    assert [line.split(":")[0] for line in skipped] == [
+        f"skipped {pictures / name}" for name in ("cut.png", "empty.png", "notes.jpg")
+    ]
+    assert result.output.splitlines()[-1] == (
+        f"error: 3 of 6 images cannot be read (above); the other 3 were predicted into {out}"
+    )
+    assert {p.name for p in out.rglob("*_pred.png")} == {
+        "a_pred.png",
+        "b_pred.png",
+        "grey_pred.png",
+    }
 
 
 def test_save_logits_writes_the_logits_of_the_pictures(checkpoint, pictures, tmp_path):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_overrides
 from uda_cli.errors import TERMINATED_EXIT, friendly_errors, print_reports
 from uda_cli.main import app
-from uda_core.errors import INTERRUPTED_EXIT
+from uda_core.errors import INTERRUPTED_EXIT, PREEMPTED_EXIT
 
 UDA = [sys.executable, "-m", "uda_cli.main"]
 CPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -117,6 +117,32 @@ def test_ctrl_c_under_the_launcher_says_once_how_to_go_on(tmp_path, synthetic_ro
     assert proc.returncode == INTERRUPTED_EXIT, err
     assert err.count("\n") == 1 and err.startswith("interrupted; the trained weights are kept")
     assert err.endswith(f"continue with `uda train --resume latest --work-dir {tmp_path / 'r'}`\n")
+
+
+def test_sigterm_to_the_process_group_of_training_with_data_workers_leaves_a_resumable_checkpoint(
+    tmp_path, synthetic_root
+):
+    """A scheduler signals the whole job (the trainer and its DataLoader workers): the workers
+    leave the stop to the trainer, which saves a checkpoint, prints one line and exits with
+    status 3; nothing half-written is left and `--resume latest` continues from it."""
+    sets = [*tiny_overrides(tmp_path, 500), "--set", "data.workers=2"]
+    sets += ["--set", "runtime.checkpoint_interval=400", "--set", "runtime.eval_interval=400"]
+    proc = start("train", "--method", "source-only", "--name", "w", *sets)
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)
+    err = signal_and_wait(proc, signal.SIGTERM, group=True)
+    assert proc.returncode == PREEMPTED_EXIT, err
+    assert err.count("\n") == 1 and err.startswith("stopped by SIGTERM after iteration "), err
+    assert err.endswith(f"continue with `uda train --resume latest --work-dir {tmp_path / 'w'}`\n")
+    (saved,) = (tmp_path / "w" / "checkpoints").glob("iter_*.pt")
+    assert not temporary_files(tmp_path / "w")
+    done = int(saved.stem.removeprefix("iter_"))
+    more = ["--iters", str(done + 1), "--set", "data.workers=0"]
+    result = CliRunner().invoke(
+        app, ["train", "--resume", "latest", "--work-dir", str(tmp_path), *more]
+    )
+    assert result.exit_code == 0, result.output
+    assert (saved.parent / f"iter_{done + 1:06d}.pt").is_file()
 
 
 @pytest.fixture

@@ -143,6 +143,8 @@ def check_outputs(out: Path, npy: Path | None) -> None:
     for path in (out, npy):
         if path is None:
             continue
+        if path.parent.is_file():
+            raise MapInputError(f"{path.parent} is a file, not a folder; pick another --out")
         if not path.parent.is_dir():
             raise MapInputError(f"folder {path.parent} does not exist; create it or pick another")
         check_writable(path)
@@ -188,7 +190,12 @@ def _read_depth(path: Path, encoding: str) -> np.ndarray:
     as stored."""
     if not path.is_file():
         raise MapInputError(f"{path} not found; pass an existing file with --depth")
-    if encoding == "raw" and path.suffix == ".npy":
+    if path.suffix == ".npy":
+        if encoding != "raw":
+            raise MapInputError(
+                f"{path} is a .npy array, and --depth-encoding {encoding} reads 8-bit Depth "
+                "Anything PNGs; pass --depth-encoding raw"
+            )
         return read_depth(path, "float_npy")
     if encoding == "depth_anything_png":
         return read_depth(path, "depth_anything_png")
@@ -231,6 +238,8 @@ def pretrain_command(
         overrides.append(f"plugins.dispersion.auxiliary.iterations={iterations}")
     cfg = resolve_config(preset, config, {"plugins": {"dispersion": {}}}, overrides)
     plugin = load_plugin("dispersion", cfg.plugins["dispersion"])
+    if out is not None:  # before the data is opened (or generated)
+        _check_new_file(out)
     data = cfg.data
     try:
         source = open_folder(
@@ -246,15 +255,19 @@ def pretrain_command(
 
             context = prepare_context(cfg, source, console.print, progress)
             path = out or plugin.cache_path(context)
-            if path.exists():
-                raise UdaError(f"{path} already exists; remove it or pass --out elsewhere")
-            check_writable(path)
+            _check_new_file(path)
             plugin.pretrain(context, path)
     except DataError as exc:
         raise UdaError(str(exc)) from None
     console.print(f"saved {path}")
     if out is not None:
         console.print(f"use it with --set plugins.dispersion.auxiliary.checkpoint={path}")
+
+
+def _check_new_file(path: Path) -> None:
+    if path.exists():
+        raise UdaError(f"{path} already exists; remove it or pass --out elsewhere")
+    check_writable(path)
 
 
 def _synth_progress(done: int, total: int) -> None:

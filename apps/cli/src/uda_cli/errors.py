@@ -25,10 +25,16 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from uda_core.errors import INTERRUPTED_EXIT, Stopped, UdaError
 from uda_data.atomic import write_bytes
 from uda_data.errors import DataError
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:
+    from click import exceptions as click_errors
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 _DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
@@ -54,6 +60,40 @@ def disk_error(exc: BaseException) -> str | None:
     if isinstance(exc, RuntimeError) and "No space left on device" in str(exc):
         return "no space left on the device; free some space and run again"
     return None
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The `uda` command group: a command line click cannot parse (an unknown option or
+    command, a missing argument, a bad value for an option) is one line saying where, what and
+    how to get help, with exit status 2, for every command of the app."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_in_one_line(info_name or "uda"):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: typer.Context):
+        with _usage_in_one_line(
+            lambda: " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+        ):
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_in_one_line(command) -> Iterator[None]:
+    """Turn click's usage error into one line; ``command`` names where (or gives it), for an
+    error that does not say."""
+    try:
+        yield
+    except getattr(click_errors, "NoArgsIsHelpError", ()):  # `uda data` alone: its help
+        raise
+    except click_errors.UsageError as exc:
+        if exc.ctx is not None:
+            where = exc.ctx.command_path
+        else:
+            where = command() if callable(command) else command
+        message = exc.format_message().replace("Value error, ", "").rstrip(".")
+        message = f"{message[:1].lower()}{message[1:]}{'' if message.endswith('?') else ';'}"
+        raise fail(f"{where}: {message} see {where} --help") from None
 
 
 TERMINATED_EXIT = 128 + signal.SIGTERM

@@ -21,7 +21,7 @@ from uda_cli import __version__
 from uda_cli.checkpoint import app as checkpoint_app
 from uda_cli.data import app as data_app
 from uda_cli.dispersion import app as dispersion_app
-from uda_cli.errors import REPORTS, friendly_errors, print_reports, stderr
+from uda_cli.errors import REPORTS, OneLineUsageErrors, friendly_errors, print_reports, stderr
 from uda_cli.predict import Copy, CopyOption, PresetOption, predict_command
 from uda_core.checkpoint import load_checkpoint
 from uda_core.config import RuntimeConfig, apply_overrides
@@ -53,6 +53,7 @@ from uda_methods.run import (
 
 app = typer.Typer(
     name="uda",
+    cls=OneLineUsageErrors,
     help="Unsupervised domain adaptation for semantic segmentation: train, evaluate, prepare data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -25,7 +25,8 @@ prepared by one of two test pipelines (``--pipeline``):
 Either way the network runs as the run's ``eval`` settings say (whole image or sliding window).
 With ``--format`` the folder given is a dataset's root and its test split (``--split``) is
 written as a test-server submission (``uda_cli.submission``). ``--out`` is checked before any
-work.
+work. An image that cannot be read (truncated, empty, not an image) is named and skipped: the
+others are predicted, and the command exits with status 2.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import typer
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from uda_cli.errors import fail, friendly_errors
+from uda_cli.errors import fail, friendly_errors, stderr
 from uda_cli.submission import Format, submission_images, write_submission, zip_path
 from uda_core.checkpoint import atomic_write_bytes
 from uda_core.config import EvalConfig
@@ -156,12 +157,13 @@ def predict_maps(model: torch.nn.Module, image: torch.Tensor, cfg: EvalConfig) -
 def read_bgr(path: Path) -> np.ndarray:
     """The 8-bit BGR image as mmcv's ``imfrombytes`` (OpenCV backend, flag ``color``) decodes
     it: grey and 16-bit images become 8-bit BGR, alpha is dropped."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no warning of its own
     try:
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     except (OSError, cv2.error):
         image = None
     if image is None:
-        raise UdaError(f"{path}: cannot be read as an image (OpenCV cannot decode it)")
+        raise UdaError(f"{path}: cannot be read as an image (OpenCV cannot decode it); replace it")
     return image
 
 
@@ -339,7 +341,10 @@ def predict_command(
         f"predicted {len(found) - len(failed)} image(s){extra} into {out}"
         f" in {time.perf_counter() - started:.1f} s ({pipeline.value} pipeline)"
     )
+    predicted = f"the other {len(found) - len(failed)} were predicted into {out}"
+    if len(failed) == 1:
+        raise fail(f"{failed[0]}; {predicted}")
     if failed:
         for line in failed:
-            console.print(line, markup=False)
-        raise fail(f"{len(failed)} image(s) could not be read (listed above)", code=1)
+            stderr.print(f"skipped {line}", markup=False)
+        raise fail(f"{len(failed)} of {len(found)} images cannot be read (above); {predicted}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_png, read_file
 
 from uda_data.classes import IGNORE_INDEX, NUM_CLASSES
@@ -97,8 +97,9 @@ def open_decoded(path: Path) -> Image.Image:
             img.load()
             return img
     except Exception as exc:  # decoders raise OSError, SyntaxError, zlib.error, ...
+        why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
         raise DataError(
-            f"{path}: cannot be read as an image ({exc}); replace the file", "unreadable"
+            f"{path}: cannot be read as an image ({why}); replace the file", "unreadable"
         ) from None
 
 

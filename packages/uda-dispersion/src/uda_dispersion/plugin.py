@@ -27,10 +27,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+import timm
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from uda_dispersion.auxiliary import auxiliary_labels, read_auxiliary
@@ -41,7 +42,7 @@ from uda_dispersion.pretrain import PretrainSettings, pretrain
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ExtractorConfig(_Section):
@@ -78,7 +79,7 @@ class AuxiliaryConfig(_Section):
         "batch's statistics, as the reference (its runner's train() puts the network in "
         "training mode every iteration); running: eval mode, the stored statistics (ours).",
     )
-    input_size: tuple[int, int] = Field(
+    input_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
         (512, 512), description="(width, height) the network runs at."
     )
     iterations: int = Field(20000, ge=1, description="Pre-training iterations.")
@@ -86,6 +87,13 @@ class AuxiliaryConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="Pre-training AdamW learning rate.")
     warmup_iters: int = Field(500, ge=0, description="Pre-training linear warm-up.")
     checkpoint_interval: int = Field(1000, ge=1, description="Pre-training checkpoints.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _timm_model(cls, value: str) -> str:
+        if not timm.is_model(value):
+            raise ValueError(f"{value!r} is not a timm model; see timm.list_models('resnet*')")
+        return value
 
     def pretrain_settings(self, num_classes: int, extractor: ExtractorConfig) -> PretrainSettings:
         return PretrainSettings(
