@@ -46,6 +46,7 @@ def measure(preset_name: str, method: str, overrides: list[str]) -> dict:
     model = build_full_model(cfg, plugins).to(accelerator.device).train()
     optimizer = build_optimizer(model, cfg.optim)
     step = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
+    step.backward_once = cfg.runtime.backward == "once"
     batch = next(train_batches(cfg, open_data(cfg))(0, 0, 1)).to(accelerator.device)
     if cuda:
         torch.cuda.synchronize()
@@ -54,6 +55,7 @@ def measure(preset_name: str, method: str, overrides: list[str]) -> dict:
     else:
         before = _rss_mib()
     step.train_step(batch, 0)
+    step.finish_backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     step.after_optimizer_step(0)

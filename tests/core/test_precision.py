@@ -72,17 +72,26 @@ def test_every_method_and_the_plugin_train_with_finite_losses(precision, tmp_pat
 
 
 def test_compiled_student_keeps_the_state_dict_keys(tmp_path, synthetic_root, monkeypatch):
+    """``runtime.compile`` compiles the student, the EMA teacher and the ImageNet encoder (a
+    DAFormer run's three networks) in place: every saved state dict keeps its keys."""
     compile_module = torch.nn.Module.compile
+    compiled = []
+
+    def eager_compile(self, **_):
+        compiled.append(type(self).__name__)
+        compile_module(self, backend="eager")
+
     # inductor builds C++ kernels for minutes on a CPU; dynamo's tracing is what is tested
-    monkeypatch.setattr(
-        torch.nn.Module, "compile", lambda self, **_: compile_module(self, backend="eager")
-    )
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
     args = ["train", "--method", "daformer", "--name", "compiled", *tiny_overrides(tmp_path, 2)]
-    result = runner.invoke(app, [*args, "--set", "runtime.compile=true"])
+    sets = ["--set", "runtime.compile=true", "--set", "method.fd_lambda=0.005"]
+    result = runner.invoke(app, [*args, *sets])
     assert result.exit_code == 0, result.output
     saved = tmp_path / "compiled" / "checkpoints" / "iter_000002.pt"
     state = torch.load(saved, weights_only=False)
     assert list(state["model"]) == list(state["method"]["teacher"])  # the uncompiled copy's
     assert not any("_orig_mod" in key for key in state["model"])
+    assert not any("_orig_mod" in key for key in state["method"]["imagenet_encoder"])
+    assert len(compiled) == 3 and compiled[0] == compiled[1] != compiled[2]
     result = runner.invoke(app, ["eval", str(saved)])
     assert result.exit_code == 0, result.output
