@@ -46,7 +46,7 @@ def measure(preset_name: str, method: str, overrides: list[str]) -> dict:
     model = build_full_model(cfg, plugins).to(accelerator.device).train()
     optimizer = build_optimizer(model, cfg.optim)
     step = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
-    step.backward_once = cfg.runtime.backward == "once"
+    step.backward_once = cfg.runtime.backward_once
     batch = next(train_batches(cfg, open_data(cfg))(0, 0, 1)).to(accelerator.device)
     if cuda:
         torch.cuda.synchronize()

@@ -194,7 +194,9 @@ def build(spec: dict) -> Bench:
     optimizer = build_optimizer(model, cfg.optim, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     method = method_class(cfg.method.name)(model, accelerator, cfg.method, plugins)
-    method.backward_once = cfg.runtime.backward == "once"
+    method.backward_once = cfg.runtime.model_copy(
+        update={"precision": spec["precision"]}
+    ).backward_once
     if cfg.runtime.compile:
         for module in [accelerator.unwrap_model(model), *method.frozen_modules()]:
             compile_in_place(module, print)

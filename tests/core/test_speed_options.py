@@ -378,3 +378,24 @@ def test_one_backward_per_step_trains_what_one_backward_per_pass_trains(base, pl
         assert step.keys() == ref_step.keys()
         for key, value in step.items():
             assert value == pytest.approx(ref_step[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("backward", "precision", "once"),
+    [
+        ("auto", "bf16", True),
+        ("auto", "fp16", True),
+        ("auto", "no", False),
+        ("per-pass", "bf16", False),
+        ("once", "no", True),
+    ],
+)
+def test_backward_auto_is_one_backward_per_step_under_mixed_precision_only(
+    backward, precision, once
+):
+    """``runtime.backward: auto`` runs one backward per step where it saves work (bf16/fp16:
+    one cast of each weight's gradient per step instead of one per pass) and the reference's
+    one backward per pass in fp32 (where one per step saves nothing and holds more memory)."""
+    from uda_core.config import RuntimeConfig
+
+    assert RuntimeConfig(backward=backward, precision=precision).backward_once is once

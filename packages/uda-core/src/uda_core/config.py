@@ -117,14 +117,21 @@ class RuntimeConfig(Section):
         description="torch.compile the student, the EMA teacher and the frozen ImageNet "
         "encoder (first iterations slower: compile time; GPU speed-up).",
     )
-    backward: Literal["per-pass", "once"] = Field(
-        "per-pass",
+    backward: Literal["auto", "per-pass", "once"] = Field(
+        "auto",
         description="per-pass: one backward after each student pass (source, mixed, masked), "
         "each pass's activations freed after it, as the reference does; once: the passes' "
         "losses summed and one backward at the end of the step (the same gradients up to "
-        "float rounding, each weight's gradient accumulated and cast once: fewer operator "
-        "dispatches; every pass's activations held until then: more memory).",
+        "float rounding; under bf16/fp16 each weight's gradient is cast back once per step "
+        "instead of once per pass: fewer operator dispatches; every pass's activations held "
+        "until then: more memory); auto: once under bf16/fp16, per-pass in fp32 (where once "
+        "saves nothing).",
     )
+
+    @property
+    def backward_once(self) -> bool:
+        """Whether ``backward`` resolves to one backward per step."""
+        return self.backward == "once" or (self.backward == "auto" and self.precision != "no")
 
     @field_validator("name")
     @classmethod

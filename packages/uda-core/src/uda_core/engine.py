@@ -268,7 +268,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, rt.iterations, self.schedule)
         model, optimizer = accelerator.prepare(model, optimizer)
         method = self.build_method(model, accelerator)
-        method.backward_once = rt.backward == "once"
+        method.backward_once = rt.backward_once
         if rt.compile:
             # in place, after the method copied the student (EMA teacher): same state dict keys
             for module in [accelerator.unwrap_model(model), *method.frozen_modules()]:
