@@ -104,6 +104,24 @@ def test_color_jitter_draws_a_new_order_on_every_call_dacs_transforms_58_64():
     assert len(orders) > 5
 
 
+def test_color_jitter_built_once_draws_what_a_module_built_per_call_draws():
+    """The reference builds a new ``ColorJitter`` at every call (``dacs_transforms.py:58-64``);
+    ours builds it once per strength. Ten calls in a row give the same images as ten calls
+    that each build their own module, since the module draws everything (factors and order)
+    from the global generator when called."""
+    images = torch.rand(10, 2, 3, 8, 8)
+    torch.manual_seed(5)
+    ours = [color_jitter(x, 0.2) for x in images]
+    torch.manual_seed(5)
+    theirs = []
+    for x in images:
+        rgb = (x * STD + MEAN) / 255.0
+        out = kornia.augmentation.ColorJiggle(0.2, 0.2, 0.2, 0.2)(rgb)
+        theirs.append((out * 255.0 - MEAN) / STD)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_blur_kernel_size_is_the_reference_formula_dacs_transforms_74_81():
     """``dacs_transforms.py:74-81``: ``floor(ceil(0.1 L) - 0.5 + ceil(0.1 L) % 2)``, odd."""
     for length in range(1, 3000):

@@ -4,6 +4,7 @@ jitter and Gaussian blur, each behind a U(0,1) gate, as the DACS/DAFormer/MIC re
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -30,8 +31,16 @@ def color_jitter(images: torch.Tensor, strength: float = 0.2) -> torch.Tensor:
     ``ColorJitter``, which the reference calls (``dacs_transforms.py:52-66``)."""
     mean, std = _stats(images.float())
     rgb = (images.float() * std + mean) / 255.0
-    out = ColorJiggle(strength, strength, strength, strength)(rgb)
+    out = _jiggle(strength)(rgb)
     return ((out * 255.0 - mean) / std).to(images.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _jiggle(strength: float) -> ColorJiggle:
+    """One ``ColorJiggle`` per strength, made once: building it checks and stores its ranges
+    as tensors (212 operator dispatches), and it keeps no state between calls that changes
+    what it draws (its factors and order come from the global generator at each call)."""
+    return ColorJiggle(strength, strength, strength, strength)
 
 
 def blur_kernel_size(length: int) -> int:

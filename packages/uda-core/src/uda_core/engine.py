@@ -132,8 +132,8 @@ class LossLog:
 
     def add(self, logs: dict[str, torch.Tensor | float]) -> None:
         for key, value in logs.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach()
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                value = value.detach()  # the methods return detached values already
             self.sums[key] = self.sums[key] + value if key in self.sums else value
             self.counts[key] = self.counts.get(key, 0) + 1
 
