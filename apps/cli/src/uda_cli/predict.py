@@ -31,6 +31,7 @@ others are predicted, and the command exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import time
 from enum import Enum
 from pathlib import Path
@@ -157,7 +158,7 @@ def predict_maps(model: torch.nn.Module, image: torch.Tensor, cfg: EvalConfig) -
 def read_bgr(path: Path) -> np.ndarray:
     """The 8-bit BGR image as mmcv's ``imfrombytes`` (OpenCV backend, flag ``color``) decodes
     it: grey and 16-bit images become 8-bit BGR, alpha is dropped."""
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no warning of its own
+    _quiet_opencv()
     try:
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     except (OSError, cv2.error):
@@ -165,6 +166,12 @@ def read_bgr(path: Path) -> np.ndarray:
     if image is None:
         raise UdaError(f"{path}: cannot be read as an image (OpenCV cannot decode it); replace it")
     return image
+
+
+@functools.cache
+def _quiet_opencv() -> None:
+    """OpenCV's own warning on an undecodable file, once set off: ours names the file."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def reference_input(bgr: np.ndarray, scale: tuple[int, int] | None) -> torch.Tensor:

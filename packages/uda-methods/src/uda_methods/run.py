@@ -122,7 +122,8 @@ def check_across_sections(cfg: RunConfig) -> None:
             "config: method.style_consistency_lambda compares original and hallucinated styles;"
             " set model.style_hallucination (gta-dg presets: 0.0156) or the lambda to 0"
         )
-    trains_with_styles = getattr(method_class(cfg.method.name), "trains_with_styles", False)
+    method = method_class(cfg.method.name, cfg.method.mic_base)
+    trains_with_styles = getattr(method, "trains_with_styles", False)
     if cfg.model.style_hallucination is not None and not trains_with_styles:
         raise UdaError(
             f"config: model.style_hallucination doubles the batch inside the encoder, which "
