@@ -116,6 +116,10 @@ def test_resume_of_a_finished_run_rejects_a_second_start(trained_run):
         (["--plugin", "nope"], r"unknown plugin 'nope'; available:"),
         (["--set", "optim.lr=-1"], r"optim\.lr: Input should be greater than 0"),
         (["--set", "optim.lrr=1"], r"optim\.lrr: unknown key"),
+        (
+            ["--set", "runtime.backward=sometimes"],
+            r"runtime\.backward: Input should be 'auto', 'per-pass' or 'once'",
+        ),
         (["--set", "model.encoder=not_a_net"], r"'not_a_net' is not a timm model"),
         (["--preset", "nope"], r"unknown preset 'nope'"),
         (["--config", "missing.yaml"], r"config file missing\.yaml does not exist"),
