@@ -399,3 +399,57 @@ def test_backward_auto_is_one_backward_per_step_under_mixed_precision_only(
     from uda_core.config import RuntimeConfig
 
     assert RuntimeConfig(backward=backward, precision=precision).backward_once is once
+
+
+def train_mic_shared(shared: bool, steps: int = 2):
+    """``steps`` MIC (HRDA) steps with the dispersion plugin on a MiT-B0 model (its EMA
+    teacher encodes each image on its own), the teacher's context and windows in one encoder
+    pass or two; also the batch sizes the teacher's encoder saw."""
+    from tests.methods.test_hrda import uda_batch
+    from uda_dispersion.plugin import DispersionPlugin
+    from uda_methods.config import ModelConfig
+    from uda_methods.registry import build_method_model
+
+    cfg = MethodConfig(
+        name="mic",
+        hrda_detail_crop=(32, 32),
+        mic_mask_block=8,
+        hrda_shared_encoder_pass=shared,
+    )
+    plugin = DispersionPlugin({"weight_hook": False})
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(encoder="mit_b0", decoder="daformer", channels=16)
+    model = build_method_model(model_cfg, cfg, 19)
+    model.heads[plugin.name] = plugin.build_head(16, 19)
+    optimizer = build_optimizer(model, OptimConfig())
+    method = method_class("mic")(model, Accelerator(cpu=True), cfg, {plugin.name: plugin})
+    sizes: list[int] = []
+    method.teacher.model.encoder.register_forward_hook(lambda m, a, o: sizes.append(len(a[0])))
+    torch.manual_seed(1)
+    logs = []
+    for iteration in range(steps):
+        step = method.train_step(uda_batch(), iteration)
+        method.finish_backward()
+        logs.append({k: float(v) for k, v in step.items()})
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(iteration)
+    return model, method.teacher.model, logs, sizes
+
+
+def test_mic_steps_with_a_shared_teacher_encoder_pass_train_what_two_passes_train():
+    """The reference's teacher runs HRDA's encoder twice per pseudo-label batch (context,
+    then the detail windows). ``method.hrda_shared_encoder_pass`` runs it once on both (2 + 18
+    images of 32 px for a 64 px target crop), and two MIC + dispersion steps train the same
+    student and teacher and log the same losses within float rounding."""
+    ours = train_mic_shared(True)
+    reference = train_mic_shared(False)
+    assert ours[3] == [20, 20] and reference[3] == [2, 18, 2, 18]
+    for a, b in ((ours[0], reference[0]), (ours[1], reference[1])):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    assert ours[2][0].keys() >= {"src.seg", "mix.seg", "mask.seg", "pseudo_weight"}
+    for step, ref_step in zip(ours[2], reference[2], strict=True):
+        assert step.keys() == ref_step.keys()
+        for key, value in step.items():
+            assert value == pytest.approx(ref_step[key], rel=1e-4, abs=1e-6), key

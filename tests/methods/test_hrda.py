@@ -121,6 +121,84 @@ def test_batched_and_unbatched_slide_inference_agree():
     torch.testing.assert_close(batched, unbatched, atol=1e-4, rtol=1e-4)
 
 
+def _count_encoder_calls(model) -> list[int]:
+    sizes: list[int] = []
+    model.encoder.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_shared_encoder_pass_gives_the_two_passes_result_with_one_encoder_call():
+    """The reference runs the encoder twice at inference (``hrda_encoder_decoder.py``: the
+    context, then the batched detail windows). With ``hrda_shared_encoder_pass`` the context
+    image and the 9 windows of a 64 x 64 image (32 px windows, stride 16) go through it as one
+    batch of 2 + 18, and the fused logits and aux maps are those of two passes."""
+    plugin = DepthHeadPlugin({})
+    shared = tiny_model(MethodConfig(name="hrda", hrda_detail_crop=(32, 32)), plugin).eval()
+    two = tiny_model(
+        MethodConfig(name="hrda", hrda_detail_crop=(32, 32), hrda_shared_encoder_pass=False),
+        plugin,
+    ).eval()
+    two.load_state_dict(shared.state_dict())
+    calls_shared, calls_two = _count_encoder_calls(shared), _count_encoder_calls(two)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = shared(image), two(image)
+    assert calls_shared == [20] and calls_two == [2, 18]
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.detail.logits, b.detail.logits, atol=1e-5, rtol=1e-5)
+    assert a.aux.keys() == b.aux.keys() and a.aux
+    for key in a.aux:
+        torch.testing.assert_close(a.aux[key], b.aux[key], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_encoder_pass_only_where_each_image_is_encoded_on_its_own():
+    """Two passes, as the reference, wherever batching would change the features: BatchNorm
+    in training mode (the resnet encoder of a student, or of a teacher in training mode),
+    active stochastic depth, context and windows of different sizes (a 64 x 96 image: context
+    32 x 48, 15 windows of 32 x 32)."""
+    model = tiny_model(MethodConfig(name="hrda", hrda_detail_crop=(32, 32)))
+    calls = _count_encoder_calls(model)
+    with torch.no_grad():
+        model.train()(torch.randn(2, 3, 64, 64))
+        model.eval()(torch.randn(2, 3, 64, 96))
+    assert calls == [2, 18, 2, 30]
+
+
+def test_the_ema_teacher_of_mit_shares_its_encoder_pass():
+    """MiT has no batch statistics; the EMA teacher silences its stochastic depth, so the
+    teacher's pseudo-labels take one encoder pass, while the student in training (drop path
+    0.1) takes two."""
+    from uda_core.ema import EMATeacher
+    from uda_methods.models.segmenter import encodes_per_image
+
+    method = MethodConfig(name="hrda", hrda_detail_crop=(32, 32))
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="mit_b0", decoder="daformer", channels=16)
+    student = build_method_model(cfg, method, 19).train()
+    teacher = EMATeacher(student)
+    teacher.train(True)
+    assert not encodes_per_image(student.encoder)
+    assert encodes_per_image(teacher.model.encoder)
+    calls = _count_encoder_calls(teacher.model)
+    teacher(torch.randn(1, 3, 64, 64))
+    assert calls == [10]
+
+
+def test_encodes_per_image_rules():
+    from torch import nn
+
+    from uda_methods.models.segmenter import encodes_per_image
+    from uda_methods.models.shade import StyleHallucination
+
+    assert not encodes_per_image(nn.BatchNorm2d(3).train())
+    assert encodes_per_image(nn.BatchNorm2d(3).eval())
+    assert not encodes_per_image(nn.BatchNorm2d(3, track_running_stats=False).eval())
+    assert not encodes_per_image(nn.Dropout(0.1).eval())  # timm's attention reads its p
+    assert encodes_per_image(nn.Sequential(nn.Dropout(0.0), nn.LayerNorm(3)).train())
+    assert not encodes_per_image(StyleHallucination(4).train())
+    assert encodes_per_image(StyleHallucination(4).eval())
+
+
 def test_target_margins_are_masked_before_cropping():
     rng = np.random.default_rng(0)
     sample = Sample(np.zeros((100, 200, 3), np.uint8), {}, "x")

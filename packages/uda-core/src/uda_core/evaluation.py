@@ -82,6 +82,51 @@ def _windows(size: int, crop: int, stride: int) -> list[int]:
     return [*starts, size - crop]
 
 
+def slide_windows(
+    image: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
+    """The overlapping windows (width, height) of a B x 3 x H x W image at ``stride``: their
+    top-left corners and the crops, row by row, the last window of a row or column flush with
+    the border."""
+    height, width = image.shape[-2:]
+    (ww, wh), (sw, sh) = window, stride
+    starts = [(t, left) for t in _windows(height, wh, sh) for left in _windows(width, ww, sw)]
+    return starts, [image[..., t : t + wh, left : left + ww] for t, left in starts]
+
+
+def split_windows(joined: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+    """Per-window maps from maps of ``count`` windows stacked on the batch axis (crop-major)."""
+    n = next(iter(joined.values())).shape[0] // count
+    return [{k: v[i * n : (i + 1) * n] for k, v in joined.items()} for i in range(count)]
+
+
+def stitch_windows(
+    starts: list[tuple[int, int]],
+    crops: list[torch.Tensor],
+    outputs: list[dict[str, torch.Tensor]],
+    size: tuple[int, int],
+) -> dict[str, torch.Tensor]:
+    """Each window's maps (at an integer fraction of the window's size) pasted at its corner
+    on a grid of ``size`` / that fraction, summed and divided by the number of windows that
+    cover each cell."""
+    height, width = size
+    totals: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    for (top, left), crop, output in zip(starts, crops, outputs, strict=True):
+        for name, value in output.items():
+            value = value.float()
+            factor = crop.shape[-1] // value.shape[-1]
+            if name not in totals:
+                grid = (*value.shape[:-2], height // factor, width // factor)
+                totals[name] = value.new_zeros(grid)
+                counts[name] = value.new_zeros(grid[-2:])
+            y, x = top // factor, left // factor
+            h, w = value.shape[-2:]
+            totals[name][..., y : y + h, x : x + w] += value
+            counts[name][y : y + h, x : x + w] += 1
+    return {k: totals[k] / counts[k].clamp(min=1) for k in totals}
+
+
 def slide_average(
     predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     image: torch.Tensor,
@@ -96,37 +141,16 @@ def slide_average(
     fraction of the image's size. ``batched`` runs every window in one call (windows stacked on
     the batch axis); on a CUDA out-of-memory error it falls back to one window at a time.
     """
-    height, width = image.shape[-2:]
-    (ww, wh), (sw, sh) = window, stride
-    starts = [(t, left) for t in _windows(height, wh, sh) for left in _windows(width, ww, sw)]
-    crops = [image[..., t : t + wh, left : left + ww] for t, left in starts]
+    starts, crops = slide_windows(image, window, stride)
     outputs = None
     if batched and len(crops) > 1:
         try:
-            joined = predict(torch.cat(crops))
-            n = image.shape[0]
-            outputs = [
-                {k: v[i * n : (i + 1) * n] for k, v in joined.items()} for i in range(len(crops))
-            ]
+            outputs = split_windows(predict(torch.cat(crops)), len(crops))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
     if outputs is None:
         outputs = [predict(crop) for crop in crops]
-    totals: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    for (top, left), crop, output in zip(starts, crops, outputs, strict=True):
-        for name, value in output.items():
-            value = value.float()
-            factor = crop.shape[-1] // value.shape[-1]
-            if name not in totals:
-                size = (*value.shape[:-2], height // factor, width // factor)
-                totals[name] = value.new_zeros(size)
-                counts[name] = value.new_zeros(size[-2:])
-            y, x = top // factor, left // factor
-            h, w = value.shape[-2:]
-            totals[name][..., y : y + h, x : x + w] += value
-            counts[name][y : y + h, x : x + w] += 1
-    return {k: totals[k] / counts[k].clamp(min=1) for k in totals}
+    return stitch_windows(starts, crops, outputs, image.shape[-2:])
 
 
 @torch.no_grad()

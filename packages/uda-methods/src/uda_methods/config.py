@@ -171,6 +171,14 @@ class MethodConfig(Section):
     hrda_batched_slide: bool = Field(
         True, description="HRDA: detail windows in one forward pass (False: one at a time)."
     )
+    hrda_shared_encoder_pass: bool = Field(
+        True,
+        description="HRDA at inference (the teacher's pseudo-labels, eval): the context image "
+        "and the batched detail windows through the encoder in one batch where they have the "
+        "same size and the encoder treats each image on its own (no BatchNorm over the batch, "
+        "no active dropout or stochastic depth): one encoder pass fewer, the same features "
+        "within float rounding. False: two encoder passes (the reference's).",
+    )
     hrda_fusion: Literal["weight-then-upsample", "upsample-then-weight"] = Field(
         "upsample-then-weight",
         description="HRDA: weight-then-upsample (published: attention masked to the detail box "

@@ -174,6 +174,7 @@ def _multi_resolution(
         attention_classwise=method.hrda_attention_classwise,
         slide_stride=method.hrda_slide_stride,
         batched_slide=method.hrda_batched_slide,
+        shared_encoder_pass=method.hrda_shared_encoder_pass,
         dropout=cfg.dropout,
         fusion=method.hrda_fusion,
         aux_fusion=method.hrda_aux_fusion,

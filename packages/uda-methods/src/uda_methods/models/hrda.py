@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uda_core.evaluation import slide_average
+from uda_core.evaluation import slide_average, slide_windows, split_windows, stitch_windows
 from uda_core.model import SegOutput
 from uda_methods.models.daformer import ConvBNReLU, HeadInit, LevelEmbedding, init_head
-from uda_methods.models.segmenter import Segmenter
+from uda_methods.models.segmenter import Segmenter, encodes_per_image
 
 Fusion = Literal["weight-then-upsample", "upsample-then-weight"]
 AuxFusion = Literal["context", "fused"]
@@ -213,7 +213,9 @@ class HRDASegmenter(Segmenter):
 
     ``forward(image, detail_box)`` trains on the detail crop ``detail_box``; without a box it
     runs the detail branch over overlapping windows of ``detail_crop`` (stride
-    ``slide_stride``, default half the window) and fuses everywhere (pseudo-labels, eval).
+    ``slide_stride``, default half the window) and fuses everywhere (pseudo-labels, eval);
+    ``shared_encoder_pass`` lets the context and those windows share one encoder pass where
+    that gives the same features (``_context_and_windows``).
     ``fusion`` and ``aux_fusion``: see the module docstring; ``attention_init`` the
     scale-attention head's initialisation (``models.daformer.init_head``); ``attention`` a
     head of another kind (encoder features -> sigmoid maps) instead of ``ScaleAttentionHead``.
@@ -229,6 +231,7 @@ class HRDASegmenter(Segmenter):
         attention_classwise: bool = True,
         slide_stride: tuple[int, int] | None = None,
         batched_slide: bool = True,
+        shared_encoder_pass: bool = False,
         dropout: float = 0.1,
         fusion: Fusion = "upsample-then-weight",
         aux_fusion: AuxFusion = "fused",
@@ -241,6 +244,7 @@ class HRDASegmenter(Segmenter):
         self.detail_crop = tuple(detail_crop)
         self.slide_stride = tuple(slide_stride or (detail_crop[0] // 2, detail_crop[1] // 2))
         self.batched_slide = batched_slide
+        self.shared_encoder_pass = shared_encoder_pass
         self.fusion = fusion
         self.aux_fusion = aux_fusion
         if attention is None:
@@ -257,11 +261,11 @@ class HRDASegmenter(Segmenter):
         context_image = F.interpolate(
             image, scale_factor=self.context_scale, mode="bilinear", align_corners=False
         )
-        context = super().forward(context_image)
         if detail_box is None:
-            detail = self._slide_detail(image)
+            context, detail = self._context_and_windows(image, context_image)
             box = Box(0, 0, *image.shape[-2:])
         else:
+            context = super().forward(context_image)
             detail = super().forward(detail_box.crop(image))
             box = detail_box
         stride = max(1, round(context_image.shape[-1] / context.logits.shape[-1]))
@@ -301,6 +305,41 @@ class HRDASegmenter(Segmenter):
             attention=fused_attention,
             box=box,
         )
+
+    def _context_and_windows(
+        self, image: torch.Tensor, context_image: torch.Tensor
+    ) -> tuple[SegOutput, SegOutput]:
+        """The context pass and the detail over every window. With ``shared_encoder_pass``,
+        batched windows of the context image's size and an encoder that encodes each image on
+        its own in its current mode (``encodes_per_image``: the EMA teacher, eval), the context
+        image and the windows go through the encoder in one batch; the decoder and heads still
+        run on each apart, the context first (BatchNorm in training mode normalises over its
+        own batch, as in two passes). Otherwise, and on a CUDA out-of-memory error, two
+        passes (the reference's)."""
+        if self.shared_encoder_pass and self.batched_slide:
+            starts, crops = slide_windows(image, self.detail_crop, self.slide_stride)
+            same_size = all(c.shape[-2:] == context_image.shape[-2:] for c in crops)
+            if same_size and encodes_per_image(self.encoder):
+                try:
+                    return self._shared_pass(image, context_image, starts, crops)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+        return Segmenter.forward(self, context_image), self._slide_detail(image)
+
+    def _shared_pass(
+        self,
+        image: torch.Tensor,
+        context_image: torch.Tensor,
+        starts: list[tuple[int, int]],
+        crops: list[torch.Tensor],
+    ) -> tuple[SegOutput, SegOutput]:
+        n = context_image.shape[0]
+        features = self.encoder(torch.cat([context_image, *crops]))
+        context = self.decode([f[:n] for f in features])
+        windows = self.decode([f[n:] for f in features])
+        maps = split_windows({"logits": windows.logits, **windows.aux}, len(crops))
+        maps = stitch_windows(starts, crops, maps, image.shape[-2:])
+        return context, SegOutput(maps.pop("logits"), aux=maps)
 
     def _slide_detail(self, image: torch.Tensor) -> SegOutput:
         """The detail over overlapping windows (``hrda_encoder_decoder.py:99-121``): all

@@ -13,6 +13,32 @@ from torch import nn
 from uda_core.model import SegOutput
 
 
+def _active_drop_path(m: nn.Module) -> bool:
+    # timm's DropPath has no common base class with dropout; match it by name.
+    return type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 1.0) > 0
+
+
+def encodes_per_image(module: nn.Module) -> bool:
+    """Whether, in its current mode, ``module`` computes each image's output from that image
+    alone and draws no random numbers, so that images may be batched together or apart (the
+    same result within float rounding): no BatchNorm that normalises over the batch (training
+    mode, or no running statistics), no active dropout or stochastic depth, no layer that
+    adds images to the batch (SHADE's style hallucination in training)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.training or not m.track_running_stats:
+                return False
+        elif isinstance(m, nn.modules.dropout._DropoutNd):
+            # In any mode: timm's fused attention reads its attn_drop's p in a training parent.
+            if m.p > 0:
+                return False
+        elif not m.training:
+            continue
+        elif getattr(m, "mixes_batch", False) or _active_drop_path(m):
+            return False
+    return True
+
+
 class Decoder(nn.Module):
     """Base of every decoder: ``channels`` is the width of the fused map."""
 
@@ -45,7 +71,10 @@ class Segmenter(nn.Module):
         self.heads = nn.ModuleDict()
 
     def forward(self, image: torch.Tensor) -> SegOutput:
-        features = self.encoder(image)
+        return self.decode(self.encoder(image))
+
+    def decode(self, features: list[torch.Tensor]) -> SegOutput:
+        """The decoder and the heads on the encoder's ``features``."""
         fused = self.decoder.fuse(features)
         aux: dict[str, torch.Tensor] = {}
         logits = None

@@ -26,6 +26,8 @@ class StyleHallucination(nn.Module):
     ``StyleHallucination.forward`` (``style_hallucination.py:30-47``) and the MiT backbone's
     ``torch.cat((x, x_style))`` (``mix_transformer.py:415-420``)."""
 
+    mixes_batch = True  # in training: see ``models.segmenter.encodes_per_image``
+
     def __init__(self, channels: int, concentration: float = 0.0156) -> None:
         super().__init__()
         self.concentration = concentration
