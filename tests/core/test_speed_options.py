@@ -336,6 +336,21 @@ def test_compiled_train_step_equals_the_eager_one(fresh_dynamo):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def train_steps(method, optimizer, steps: int) -> list[dict[str, float]]:
+    """``steps`` training steps on ``uda_batch()`` from seed 1, as the engine runs them; the
+    logged losses of each."""
+    torch.manual_seed(1)
+    logs = []
+    for iteration in range(steps):
+        step = method.train_step(uda_batch(), iteration)
+        method.finish_backward()
+        logs.append({k: float(v) for k, v in step.items()})
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(iteration)
+    return logs
+
+
 def train_mic_backward(base: str, once: bool, plugin: bool, steps: int = 2):
     """``steps`` MIC steps on a tiny model, one backward per pass or one per step."""
     from uda_dispersion.plugin import DispersionPlugin
@@ -349,15 +364,7 @@ def train_mic_backward(base: str, once: bool, plugin: bool, steps: int = 2):
     passes = []
     original = method.accelerator.backward
     method.accelerator.backward = lambda loss: (passes.append(1), original(loss))
-    torch.manual_seed(1)
-    logs = []
-    for iteration in range(steps):
-        step = method.train_step(uda_batch(), iteration)
-        method.finish_backward()
-        logs.append({k: float(v) for k, v in step.items()})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.after_optimizer_step(iteration)
+    logs = train_steps(method, optimizer, steps)
     return model, method.teacher.model, logs, len(passes)
 
 
@@ -405,7 +412,6 @@ def train_mic_shared(shared: bool, steps: int = 2):
     """``steps`` MIC (HRDA) steps with the dispersion plugin on a MiT-B0 model (its EMA
     teacher encodes each image on its own), the teacher's context and windows in one encoder
     pass or two; also the batch sizes the teacher's encoder saw."""
-    from tests.methods.test_hrda import uda_batch
     from uda_dispersion.plugin import DispersionPlugin
     from uda_methods.config import ModelConfig
     from uda_methods.registry import build_method_model
@@ -425,15 +431,7 @@ def train_mic_shared(shared: bool, steps: int = 2):
     method = method_class("mic")(model, Accelerator(cpu=True), cfg, {plugin.name: plugin})
     sizes: list[int] = []
     method.teacher.model.encoder.register_forward_hook(lambda m, a, o: sizes.append(len(a[0])))
-    torch.manual_seed(1)
-    logs = []
-    for iteration in range(steps):
-        step = method.train_step(uda_batch(), iteration)
-        method.finish_backward()
-        logs.append({k: float(v) for k, v in step.items()})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.after_optimizer_step(iteration)
+    logs = train_steps(method, optimizer, steps)
     return model, method.teacher.model, logs, sizes
 
 
