@@ -13,8 +13,9 @@ from torch import nn
 _STOCHASTIC = (nn.modules.dropout._DropoutNd,)
 
 
-def _is_stochastic(module: nn.Module) -> bool:
-    # timm's DropPath has no common base class with dropout; match it by name.
+def is_stochastic(module: nn.Module) -> bool:
+    """Dropout of any kind or timm's stochastic depth (``DropPath``, which has no common base
+    class with dropout: matched by name)."""
     return isinstance(module, _STOCHASTIC) or type(module).__name__ == "DropPath"
 
 
@@ -68,7 +69,7 @@ class EMATeacher(nn.Module):
 
     def _silence_stochastic_layers(self) -> None:
         for module in self.model.modules():
-            if _is_stochastic(module):
+            if is_stochastic(module):
                 module.eval()
 
     def train(self, mode: bool = True) -> EMATeacher:

@@ -316,23 +316,25 @@ class HRDASegmenter(Segmenter):
         run on each apart, the context first (BatchNorm in training mode normalises over its
         own batch, as in two passes). Otherwise, and on a CUDA out-of-memory error, two
         passes (the reference's)."""
-        if self.shared_encoder_pass and self.batched_slide:
-            starts, crops = slide_windows(image, self.detail_crop, self.slide_stride)
-            same_size = all(c.shape[-2:] == context_image.shape[-2:] for c in crops)
-            if same_size and encodes_per_image(self.encoder):
-                try:
-                    return self._shared_pass(image, context_image, starts, crops)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
+        # Every window is the detail crop clipped to the image (evaluation._windows).
+        (width, height), (h, w) = self.detail_crop, image.shape[-2:]
+        window = (min(height, h), min(width, w))
+        if (
+            self.shared_encoder_pass
+            and self.batched_slide
+            and tuple(context_image.shape[-2:]) == window
+            and encodes_per_image(self.encoder)
+        ):
+            try:
+                return self._shared_pass(image, context_image)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
         return Segmenter.forward(self, context_image), self._slide_detail(image)
 
     def _shared_pass(
-        self,
-        image: torch.Tensor,
-        context_image: torch.Tensor,
-        starts: list[tuple[int, int]],
-        crops: list[torch.Tensor],
+        self, image: torch.Tensor, context_image: torch.Tensor
     ) -> tuple[SegOutput, SegOutput]:
+        starts, crops = slide_windows(image, self.detail_crop, self.slide_stride)
         n = context_image.shape[0]
         features = self.encoder(torch.cat([context_image, *crops]))
         context = self.decode([f[:n] for f in features])

@@ -10,12 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from uda_core.ema import is_stochastic
 from uda_core.model import SegOutput
-
-
-def _active_drop_path(m: nn.Module) -> bool:
-    # timm's DropPath has no common base class with dropout; match it by name.
-    return type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 1.0) > 0
 
 
 def encodes_per_image(module: nn.Module) -> bool:
@@ -28,13 +24,13 @@ def encodes_per_image(module: nn.Module) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if m.training or not m.track_running_stats:
                 return False
-        elif isinstance(m, nn.modules.dropout._DropoutNd):
-            # In any mode: timm's fused attention reads its attn_drop's p in a training parent.
-            if m.p > 0:
+        elif is_stochastic(m):
+            # Dropout in any mode: timm's fused attention reads its attn_drop's p in a
+            # training parent. Stochastic depth in training.
+            active = m.training or isinstance(m, nn.modules.dropout._DropoutNd)
+            if active and getattr(m, "p", getattr(m, "drop_prob", 1.0)) > 0:
                 return False
-        elif not m.training:
-            continue
-        elif getattr(m, "mixes_batch", False) or _active_drop_path(m):
+        elif m.training and getattr(m, "mixes_batch", False):
             return False
     return True
 
