@@ -145,6 +145,14 @@ def test_set_lr_nan_fails_the_dry_run_in_one_line():
     assert result.output == "error: config: optim.lr: Input should be a finite number (got nan)\n"
 
 
+def test_a_non_boolean_shared_encoder_pass_fails_the_dry_run_in_one_line():
+    args = ["train", "--dry-run", "--method", "mic", "--set", "method.hrda_shared_encoder_pass=x"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: config: method.hrda_shared_encoder_pass: ")
+    assert result.output.count("\n") == 1 and "valid boolean" in result.output
+
+
 @pytest.fixture
 def from_elsewhere(checkpoint, tmp_path):
     """The shared checkpoint as if trained on a machine whose ``UDA_CACHE_DIR`` cannot exist
